@@ -1,0 +1,214 @@
+"""GPU microbenchmark of build_tree (and verify_greedy): ours, the host-heap pipeline, the floor.
+
+One run prints, side by side per configuration:
+- ours: torch.ops.bastion_ext.build_tree, timed as CUDA-graph replays (10 calls per graph,
+  CUDA events, 30 replays after warm-up; median and 20/80 % quantiles per call);
+- host: the pipeline public tree builders use (log_softmax + torch.topk on the GPU, copy to
+  the host, Python heapq best-first expansion, ancestor mask built with torch ops, copy back),
+  wall clock with synchronisation, median of a few runs, at B = 1 only (it is slow);
+- floor: one read of the logits at the device's measured copy bandwidth;
+- N=1: ours with a one-node tree, i.e. the top-k / log-sum-exp scan and merge alone.
+Grid: B in {1, 8, 32}, P = 16, V in {49152, 151936}, K in {8, 16, 32}, N in {64, 256, 1024},
+bf16 logits, fixed policy with budget N. Also verify_greedy at (B, N) = (1, 1024), (32, 256).
+
+Usage: python bench/bench_build_tree_cuda.py [--out DIR] [--quick]
+Writes build_tree_cuda.json (device, versions, command, commit, rows) to bench/results/ and,
+when given, to --out (default $OUT if set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import bastion_ext._C  # noqa: F401  (registers torch.ops.bastion_ext.*)
+from bastion_ext.reference import expand_ref
+from bastion_ext.tree import DraftTree
+
+ROOT = Path(__file__).resolve().parents[1]
+CALLS_PER_GRAPH = 10
+REPLAYS = 30
+
+
+def graph_time_us(fn) -> dict[str, float]:
+    """Per-call µs of ``fn`` (median, q20, q80) from CUDA-graph replays timed with events."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(CALLS_PER_GRAPH):
+            fn()
+    for _ in range(3):
+        graph.replay()
+    times = []
+    for _ in range(REPLAYS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / CALLS_PER_GRAPH)
+    q = statistics.quantiles(times, n=5)
+    return {"median_us": statistics.median(times), "q20_us": q[0], "q80_us": q[3]}
+
+
+def copy_bandwidth_bytes_per_s() -> float:
+    """Device-to-device copy rate of a 512 MiB buffer, read + write bytes counted."""
+    src = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    end.synchronize()
+    return 2 * src.numel() * 10 / (start.elapsed_time(end) * 1e-3)
+
+
+def host_heap_build(logits: torch.Tensor, k: int, n: int) -> tuple[torch.Tensor, ...]:
+    """The public builders' pipeline for one request: GPU top-k, host heap, torch-op mask, copy back."""
+    logq, tok = torch.topk(torch.log_softmax(logits[0].float(), dim=-1), k, dim=-1)
+    logq, tok = logq.cpu().tolist(), tok.cpu().tolist()
+    tree = expand_ref(tok, logq, n)
+    count = len(tree.parents)
+    parents = torch.tensor(tree.parents)
+    depth = torch.tensor(tree.depth)
+    mask = torch.eye(count, dtype=torch.bool)
+    # A parent pops before its children: OR parent rows in depth order, one level per step.
+    for d in range(2, int(depth.max()) + 1):
+        rows = (depth == d).nonzero().flatten()
+        mask[rows] |= mask[parents[rows]]
+    return (torch.tensor(tree.tokens).cuda(), parents.cuda(), depth.cuda(), mask.cuda())
+
+
+def host_time_us(logits: torch.Tensor, k: int, n: int, reps: int) -> float:
+    host_heap_build(logits, k, n)
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        host_heap_build(logits, k, n)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(times)
+
+
+def bench_build(batch: int, vocab: int, k: int, n: int, positions: int, bandwidth: float,
+                host_reps: int) -> dict:
+    gen = torch.Generator(device="cuda").manual_seed(batch * 7 + vocab + k + n)
+    logits = (torch.randn(batch, positions, vocab, device="cuda", generator=gen) * 3).to(torch.bfloat16)
+    ctx = torch.zeros(batch, dtype=torch.int64, device="cuda")
+    budgets = torch.full((batch,), n, dtype=torch.int32, device="cuda")
+    t = DraftTree.empty(batch, n, positions, "cuda")
+    args = (t.tokens, t.parents, t.depth, t.positions, t.scores, t.n_nodes, t.ancestor_bits,
+            t.first_child, t.next_sibling)
+    ours = graph_time_us(lambda: torch.ops.bastion_ext.build_tree(logits, ctx, budgets, None, None, k, 0, *args))
+    # The same call at N = 1: the top-k / log-sum-exp scan and the merge with a trivial tree,
+    # so the rows show how the time splits between the scan and the expansion.
+    t1 = DraftTree.empty(batch, 1, positions, "cuda")
+    one = torch.ones(batch, dtype=torch.int32, device="cuda")
+    args1 = (t1.tokens, t1.parents, t1.depth, t1.positions, t1.scores, t1.n_nodes, t1.ancestor_bits,
+             t1.first_child, t1.next_sibling)
+    scan = graph_time_us(lambda: torch.ops.bastion_ext.build_tree(logits, ctx, one, None, None, k, 0, *args1))
+    floor_us = logits.numel() * logits.element_size() / bandwidth * 1e6
+    row = {"op": "build_tree", "batch": batch, "positions": positions, "vocab": vocab, "k": k,
+           "max_nodes": n, "dtype": "bfloat16", "ours": ours, "ours_at_n1": scan, "floor_us": floor_us,
+           "mean_n_nodes": float(t.n_nodes.float().mean())}
+    if host_reps and batch == 1:
+        row["host_heap_us"] = host_time_us(logits, k, n, host_reps)
+        row["host_over_ours"] = row["host_heap_us"] / ours["median_us"]
+    return row
+
+
+def bench_verify(batch: int, n: int, positions: int) -> dict:
+    # A chain tree (node i's only child is i + 1) that the target accepts to full depth: the
+    # longest walk a tree of this capacity allows.
+    tokens = torch.arange(n, device="cuda").repeat(batch, 1)
+    first_child = torch.full((batch, n + 1), -1, dtype=torch.int32, device="cuda")
+    first_child[:, :positions] = torch.arange(positions, dtype=torch.int32, device="cuda")
+    next_sibling = torch.full((batch, n), -1, dtype=torch.int32, device="cuda")
+    target = torch.arange(n + 1, device="cuda").repeat(batch, 1)
+    accepted = torch.empty(batch, positions, dtype=torch.int32, device="cuda")
+    accept_len = torch.empty(batch, dtype=torch.int32, device="cuda")
+    bonus = torch.empty(batch, dtype=torch.int64, device="cuda")
+    ours = graph_time_us(lambda: torch.ops.bastion_ext.verify_greedy(
+        tokens, first_child, next_sibling, target, accepted, accept_len, bonus))
+    assert int(accept_len.min()) == positions, "the chain walk must accept every position"
+    return {"op": "verify_greedy", "batch": batch, "max_nodes": n, "positions": positions, "ours": ours}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="extra directory for the JSON")
+    parser.add_argument("--quick", action="store_true", help="B=1 and V=151936 only (smoke run)")
+    parser.add_argument("--host-reps", type=int, default=3, help="runs of the host-heap pipeline")
+    opts = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_build_tree_cuda: no CUDA device, nothing to measure")
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    positions = 16
+    bandwidth = copy_bandwidth_bytes_per_s()
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)")
+    batches, vocabs = ((1,), (151936,)) if opts.quick else ((1, 8, 32), (49152, 151936))
+    rows = []
+    header = (f"{'B':>3} {'V':>7} {'K':>3} {'N':>5} | {'ours µs (q20-q80)':>24} | {'N=1 µs':>7} "
+              f"| {'floor µs':>8} | {'host µs':>9} {'ratio':>7}")
+    print(header)
+    print("-" * len(header))
+    for batch in batches:
+        for vocab in vocabs:
+            for k in (8, 16, 32):
+                for n in (64, 256, 1024):
+                    row = bench_build(batch, vocab, k, n, positions, bandwidth, opts.host_reps)
+                    rows.append(row)
+                    o = row["ours"]
+                    host = f"{row['host_heap_us']:9.0f} {row['host_over_ours']:6.0f}x" if "host_heap_us" in row else f"{'':>9} {'':>7}"
+                    print(f"{batch:>3} {vocab:>7} {k:>3} {n:>5} | {o['median_us']:8.1f} ({o['q20_us']:6.1f}-{o['q80_us']:6.1f}) "
+                          f"| {row['ours_at_n1']['median_us']:7.1f} | {row['floor_us']:8.2f} | {host}", flush=True)
+    for batch, n in ((1, 1024), (32, 256)):
+        row = bench_verify(batch, n, positions)
+        rows.append(row)
+        print(f"verify_greedy B={batch} N={n} P={positions}: {row['ours']['median_us']:.1f} µs "
+              f"({row['ours']['q20_us']:.1f}-{row['ours']['q80_us']:.1f})")
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "commit": git_commit(),
+        "copy_bandwidth_bytes_per_s": bandwidth,
+        "timing": f"CUDA-graph replay of {CALLS_PER_GRAPH} calls, {REPLAYS} replays, CUDA events",
+        "rows": rows,
+    }
+    targets = [ROOT / "bench" / "results"] + ([Path(opts.out)] if opts.out else [])
+    for folder in targets:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "build_tree_cuda.json").write_text(json.dumps(result, indent=1))
+        print(f"wrote {folder / 'build_tree_cuda.json'}")
+
+
+if __name__ == "__main__":
+    main()
