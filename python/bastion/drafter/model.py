@@ -1,0 +1,240 @@
+"""The DFlash block-diffusion drafter: one forward over [root, mask, ..., mask] conditioned on
+projected target hidden states yields the distributions of the next ``block_size - 1`` tokens.
+
+How it sees the target (as in the published DFlash drafters):
+- the features of each committed token are the concatenated outputs of the target layers in
+  ``target_layer_ids``; ``fc`` + ``hidden_norm`` project them to the hidden size, and every
+  drafter layer turns them into context keys/values (cached: they never change);
+- the block is embedded with the target's own input embeddings; its queries attend to the whole
+  context and to the whole block (no causal mask inside the block);
+- the last ``block_size - 1`` block positions, after ``norm``, go through the target's lm_head.
+The target's embeddings and lm_head are shared, never stored in the drafter's file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .checkpoint import read_checkpoint, write_checkpoint
+from .config import DFlashConfig
+from .layers import DFlashLayer, RMSNorm, RotaryEmbedding
+
+
+def select_features(hidden_states, target_layer_ids) -> torch.Tensor:
+    """The drafter's input features from a Hugging Face ``hidden_states`` tuple.
+
+    hidden_states: tuple of (batch, n, hidden) tensors, entry 0 the embeddings, entry ``i + 1``
+    the output of decoder layer ``i``. target_layer_ids: 0-based decoder-layer indices (as in
+    the DFlash config). Returns (batch, n, len(target_layer_ids) * hidden), their dtype.
+    """
+    if max(target_layer_ids) + 1 >= len(hidden_states):
+        raise ValueError(f"target_layer_ids {list(target_layer_ids)} need more than the {len(hidden_states)} hidden states given")
+    return torch.cat([hidden_states[i + 1] for i in target_layer_ids], dim=-1)
+
+
+@dataclass
+class _TargetHeads:
+    """The target's input embedding and output head: used by the drafter, owned by the target
+    (a plain holder, so they are neither saved with nor trained as part of the drafter)."""
+
+    embed_tokens: nn.Module
+    lm_head: nn.Module
+
+
+class DrafterState:
+    """Context keys/values of every drafter layer for one batch of sequences of equal length.
+
+    keys/values: (num_layers, batch, kv_heads, capacity, head_dim); the first ``length``
+    positions are filled. Capacity doubles when full.
+    """
+
+    def __init__(self, config: DFlashConfig, batch_size: int, dtype: torch.dtype, device, capacity: int = 256):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, capacity, config.head_dim)
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Add one (keys, values) pair per layer, each (batch, kv_heads, n, head_dim)."""
+        n = kv[0][0].shape[2]
+        if self.length + n > self.keys.shape[3]:
+            grown = max(2 * self.keys.shape[3], self.length + n)
+            pad = list(self.keys.shape)
+            pad[3] = grown - pad[3]
+            self.keys = torch.cat([self.keys, self.keys.new_empty(pad)], dim=3)
+            self.values = torch.cat([self.values, self.values.new_empty(pad)], dim=3)
+        for layer, (k, v) in enumerate(kv):
+            self.keys[layer, :, :, self.length:self.length + n] = k
+            self.values[layer, :, :, self.length:self.length + n] = v
+        self.length += n
+
+    def layer_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[layer, :, :, :self.length], self.values[layer, :, :, :self.length]
+
+
+class DFlashDrafter(nn.Module):
+    """The drafter (weights named as in the published DFlash checkpoints)."""
+
+    def __init__(self, config: DFlashConfig, embed_tokens: nn.Module, lm_head: nn.Module):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(DFlashLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.fc = nn.Linear(len(config.target_layer_ids) * config.hidden_size, config.hidden_size, bias=False)
+        self.hidden_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config)
+        self.target = _TargetHeads(embed_tokens, lm_head)
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    @property
+    def target_layer_ids(self) -> list[int]:
+        return list(self.config.target_layer_ids)
+
+    @property
+    def feature_size(self) -> int:
+        return self.fc.in_features
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, target_model: nn.Module) -> "DFlashDrafter":
+        """Load a published-format drafter directory for ``target_model`` (any module with
+        ``get_input_embeddings()`` / ``get_output_embeddings()``, e.g. a transformers causal LM).
+        The drafter takes the dtype and device of the target's embeddings."""
+        config, tensors = read_checkpoint(path)
+        embed, head = target_model.get_input_embeddings(), target_model.get_output_embeddings()
+        if embed.weight.shape != (config.vocab_size, config.hidden_size):
+            raise ValueError(
+                f"drafter at {str(path)!r} expects target embeddings of shape ({config.vocab_size}, {config.hidden_size}), "
+                f"the target has {tuple(embed.weight.shape)}"
+            )
+        drafter = cls(config, embed, head)
+        # Some exporters save the rotary table; it follows from the config, so it is not read.
+        tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
+        expected = drafter.state_dict()
+        missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
+        if missing or unexpected:
+            raise ValueError(f"drafter weights at {str(path)!r} do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for name, tensor in tensors.items():
+            if tensor.shape != expected[name].shape:
+                raise ValueError(f"drafter weight {name!r} has shape {tuple(tensor.shape)}, its config needs {tuple(expected[name].shape)}")
+        drafter.load_state_dict(tensors)
+        return drafter.to(device=embed.weight.device, dtype=embed.weight.dtype).eval()
+
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16):
+        """Write the published layout (config.json + model.safetensors) with weights in ``dtype``."""
+        config = dataclasses.replace(self.config, torch_dtype=str(dtype).removeprefix("torch."))
+        return write_checkpoint(path, config, {k: v.to(dtype) for k, v in self.state_dict().items()})
+
+    # -- the forward pieces ------------------------------------------------------------------
+
+    def _context_kv(self, target_hidden: torch.Tensor, positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer context keys/values of (batch, n, F) features at (batch, n) positions."""
+        if target_hidden.shape[-1] != self.feature_size:
+            raise ValueError(
+                f"target_hidden must be (batch, n, {self.feature_size}) = {len(self.target_layer_ids)} layers x hidden, "
+                f"got shape {tuple(target_hidden.shape)}"
+            )
+        ctx = self.hidden_norm(self.fc(target_hidden.to(self.fc.weight.dtype)))
+        cos, sin = self.rotary(positions, ctx.dtype)
+        return [layer.self_attn.project_kv(ctx, cos, sin) for layer in self.layers]
+
+    def _run_blocks(self, block_ids, block_positions, ctx_kv, attn_mask) -> torch.Tensor:
+        """block_ids/block_positions: (batch, q) int64 -> normed hidden states (batch, q, hidden)."""
+        x = self.target.embed_tokens(block_ids).to(self.fc.weight.dtype)
+        cos, sin = self.rotary(block_positions, x.dtype)
+        for layer, (k, v) in zip(self.layers, ctx_kv):
+            x = layer(x, cos, sin, k, v, attn_mask)
+        return self.norm(x)
+
+    def _block_ids(self, roots: torch.Tensor) -> torch.Tensor:
+        """roots: (...) int64 -> (..., block_size): each root followed by block_size-1 mask ids."""
+        masks = torch.full((*roots.shape, self.block_size - 1), self.config.mask_token_id, dtype=roots.dtype, device=roots.device)
+        return torch.cat([roots[..., None], masks], dim=-1)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.target.lm_head(hidden.to(self.target.lm_head.weight.dtype)).float()
+
+    # -- the engine's interface --------------------------------------------------------------
+
+    def new_state(self, batch_size: int) -> DrafterState:
+        """An empty context cache for ``batch_size`` sequences."""
+        return DrafterState(self.config, batch_size, self.fc.weight.dtype, self.fc.weight.device)
+
+    @torch.no_grad()
+    def extend(self, state: DrafterState, target_hidden: torch.Tensor, positions: torch.Tensor) -> None:
+        """Append newly committed tokens to the context.
+
+        target_hidden: (batch, n, F) features from ``select_features``; positions: (batch, n)
+        int64 absolute positions of those tokens.
+        """
+        if target_hidden.dim() != 3 or target_hidden.shape[0] != state.batch_size:
+            raise ValueError(f"target_hidden must be (batch={state.batch_size}, n, F), got shape {tuple(target_hidden.shape)}")
+        if positions.shape != target_hidden.shape[:2]:
+            raise ValueError(f"positions must have shape {tuple(target_hidden.shape[:2])}, got {tuple(positions.shape)}")
+        state.append(self._context_kv(target_hidden, positions))
+
+    @torch.no_grad()
+    def draft(self, state: DrafterState, root_tokens: torch.Tensor, root_positions: torch.Tensor) -> torch.Tensor:
+        """One drafter forward over [root, mask x (block_size - 1)] after the cached context.
+
+        root_tokens: (batch,) int64, the last committed token (not yet in the context);
+        root_positions: (batch,) int64, its position. Returns draft_logits:
+        (batch, block_size - 1, vocab) fp32, row k predicting the token at root_position + 1 + k.
+        """
+        if root_tokens.shape != (state.batch_size,) or root_positions.shape != (state.batch_size,):
+            raise ValueError(
+                f"root_tokens and root_positions must be ({state.batch_size},), got {tuple(root_tokens.shape)} and {tuple(root_positions.shape)}"
+            )
+        offsets = torch.arange(self.block_size, device=root_positions.device)
+        ctx_kv = [state.layer_kv(i) for i in range(len(self.layers))]
+        hidden = self._run_blocks(self._block_ids(root_tokens), root_positions[:, None] + offsets, ctx_kv, None)
+        return self._logits(hidden[:, 1:])
+
+    # -- training and offline evaluation -----------------------------------------------------
+
+    def anchor_logits(self, target_hidden: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """Draft logits for many roots of one sequence in one pass (what ``draft`` would return
+        after ``extend`` with everything before each root), as used for training.
+
+        target_hidden: (batch, S, F) features of a whole sequence; positions, tokens: (batch, S)
+        int64; anchors: (batch, M) int64 indices into S of the roots. Block m sees the context
+        of indices < anchors[m] and its own block only. Returns (batch, M, block_size - 1, vocab)
+        fp32 (with gradients when enabled).
+        """
+        batch, seq = tokens.shape
+        num_blocks, gamma = anchors.shape[1], self.block_size
+        ctx_kv = self._context_kv(target_hidden, positions)
+        block_ids = self._block_ids(tokens.gather(1, anchors)).reshape(batch, num_blocks * gamma)
+        offsets = torch.arange(gamma, device=tokens.device)
+        block_positions = (positions.gather(1, anchors)[..., None] + offsets).reshape(batch, num_blocks * gamma)
+        sees_context = torch.arange(seq, device=tokens.device) < anchors[..., None]  # (batch, M, S)
+        block_of = torch.arange(num_blocks * gamma, device=tokens.device) // gamma
+        sees_block = (block_of[:, None] == block_of[None, :]).expand(batch, -1, -1)
+        mask = torch.cat([sees_context.repeat_interleave(gamma, dim=1), sees_block], dim=2)[:, None]
+        hidden = self._run_blocks(block_ids, block_positions, ctx_kv, mask)
+        return self._logits(hidden.view(batch, num_blocks, gamma, -1)[:, :, 1:])
+
+
+def load_drafter(path: str | os.PathLike | None, target_model: nn.Module) -> DFlashDrafter:
+    """The drafter at ``path`` (published DFlash layout), or with None the committed default
+    trained for the embedded SmolLM2-135M-Instruct target (``bastion/weights``)."""
+    if path is None:
+        from bastion.weights import DEFAULT_DRAFTER_DIR
+
+        path = DEFAULT_DRAFTER_DIR
+    return DFlashDrafter.from_pretrained(path, target_model)
