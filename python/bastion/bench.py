@@ -1,0 +1,183 @@
+"""``bastion bench``: every strategy over the project's eval prompts, one run, same prompts.
+
+Prints a table (strategy x category: tokens/s, speedup over ``ar``, accepted length, tree
+size, outputs identical to ``ar``), writes ``bench.json`` (rows, device, versions, command),
+``rounds.jsonl`` (the round records, for bench/replay_policies.py) and ``bench.png``
+(speedup vs tree budget: the fixed-budget sweep with the cost-aware policies' realized points).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .engine import GenerationConfig, generate
+from .prompts import CATEGORIES, load_prompts
+
+HF_PROMPT_LOOKUP_TOKENS = 10
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` as one user turn through the chat template, ready to answer."""
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return tokenizer(chat, add_special_tokens=False)["input_ids"]
+
+
+def _runs(strategies: list[str], budgets: list[int]) -> list[tuple[str, str, int | None]]:
+    """(row name, strategy, budget) of every configuration to time; ddtree once per budget."""
+    runs = [("ar", "ar", None)]
+    for s in strategies:
+        if s == "ddtree":
+            runs += [(f"ddtree@{n}", "ddtree", n) for n in budgets]
+        elif s != "ar":
+            runs.append((s, s, None))
+    return runs
+
+
+def _hf_generate(model, ids: list[int], max_new_tokens: int, eos: int | None, lookup: bool) -> tuple[list[int], float]:
+    """transformers' own greedy ``generate()`` (optionally prompt-lookup assisted): (tokens, seconds)."""
+    inputs = torch.tensor([ids], device=model.device)
+    extra = {"prompt_lookup_num_tokens": HF_PROMPT_LOOKUP_TOKENS} if lookup else {}
+    t0 = time.perf_counter()
+    out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
+                         do_sample=False, eos_token_id=eos, pad_token_id=eos, **extra)
+    seconds = time.perf_counter() - t0
+    return out[0, len(ids):].tolist(), seconds
+
+
+def _aggregate(cells: list[dict]) -> dict:
+    tokens = sum(c["new_tokens"] for c in cells)
+    seconds = sum(c["seconds"] for c in cells)
+    rounds = sum(c["rounds"] for c in cells)
+    return {
+        "prompts": len(cells),
+        "new_tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "mean_accept_len": sum(c["mean_accept_len"] * c["rounds"] for c in cells) / rounds if rounds else 0.0,
+        "mean_tree_size": sum(c["mean_tree_size"] * c["rounds"] for c in cells) / rounds if rounds else 0.0,
+        "identical_to_ar": sum(c["identical_to_ar"] for c in cells),
+    }
+
+
+def run_bench(args) -> int:
+    from tqdm import tqdm
+
+    from .calibrate import load_or_calibrate
+    from .cli import UserError, int_list, load_models
+
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+    unknown = sorted(set(categories) - set(CATEGORIES))
+    if unknown:
+        raise UserError(f"--categories: unknown {unknown}; choose from {', '.join(CATEGORIES)}")
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    from .engine.strategies import STRATEGIES
+
+    bad = sorted(set(strategies) - set(STRATEGIES))
+    if bad:
+        raise UserError(f"--strategies: unknown {bad}; choose from {', '.join(STRATEGIES)}")
+    budgets = int_list(args.budgets, "--budgets")
+    model, tokenizer, drafter = load_models(args, need_drafter=any(s != "ar" for s in strategies))
+    latency = None
+    if {"caddtree", "bastion"} & set(strategies):
+        latency = load_or_calibrate(model, drafter, args.latency, log=lambda m: print(m, file=sys.stderr))
+    prompts = [row for c in categories for row in load_prompts("eval", c)[: args.prompts_per_category]]
+    runs = _runs(strategies, budgets)
+    hf = [("hf_generate", False), ("hf_prompt_lookup", True)] if args.hf_baselines else []
+    eos = tokenizer.eos_token_id
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    cells: dict[tuple[str, str], list[dict]] = {}
+    records = []
+    progress = tqdm(total=len(prompts) * (len(runs) + len(hf)), desc="bench", unit="run")
+    for row in prompts:
+        ids = prompt_ids(tokenizer, row["prompt"])
+        reference = None
+        for name, strategy, budget in runs:
+            config = GenerationConfig(strategy=strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                      top_p=args.top_p, seed=args.seed, budget=budget, topk=args.topk,
+                                      record_topk=args.topk if strategy != "ar" else 0)
+            result = generate(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=(eos,))
+            reference = result.tokens if strategy == "ar" else reference
+            cell = dict(result.summary(), identical_to_ar=result.tokens == reference)
+            cells.setdefault((name, row["category"]), []).append(cell)
+            records += [dict(r, strategy=name, category=row["category"], prompt_id=row["id"]) for r in result.rounds]
+            progress.update()
+        for name, lookup in hf:
+            tokens, seconds = _hf_generate(model, ids, args.max_new_tokens, eos, lookup)
+            cell = {"new_tokens": len(tokens), "seconds": seconds, "tokens_per_s": len(tokens) / seconds, "rounds": 0,
+                    "mean_accept_len": 0.0, "mean_tree_size": 0.0, "identical_to_ar": tokens == reference}
+            cells.setdefault((name, row["category"]), []).append(cell)
+            progress.update()
+    progress.close()
+
+    names = [r[0] for r in runs] + [h[0] for h in hf]
+    table = {}
+    for name in names:
+        for cat in categories + ["all"]:
+            group = [c for (n, k), cs in cells.items() if n == name and (cat == "all" or k == cat) for c in cs]
+            table[(name, cat)] = _aggregate(group)
+    for (name, cat), agg in table.items():
+        agg["speedup_vs_ar"] = agg["tokens_per_s"] / table[("ar", cat)]["tokens_per_s"]
+
+    print(format_table(table, names, categories + ["all"]))
+    meta = {
+        "command": "bastion " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("bastion") else " ".join(sys.argv),
+        "device": torch.cuda.get_device_name() if model.device.type == "cuda" else f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads",
+        "torch": torch.__version__, "python": platform.python_version(),
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "topk": args.topk,
+        "prompts": [r["id"] for r in prompts],
+    }
+    rows = [dict(strategy=n, category=c, **v) for (n, c), v in table.items()]
+    (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    with open(out_dir / "rounds.jsonl", "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    plot(table, budgets, out_dir / "bench.png")
+    print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'rounds.jsonl'}, {out_dir / 'bench.png'}")
+    return 0
+
+
+def format_table(table: dict, names: list[str], categories: list[str]) -> str:
+    """Fixed-width text: one row per (strategy, category)."""
+    head = f"{'strategy':<18}{'category':<9}{'tok/s':>8}{'vs ar':>8}{'acc.len':>9}{'tree':>7}{'same as ar':>12}"
+    lines = [head, "-" * len(head)]
+    for name in names:
+        for cat in categories:
+            a = table[(name, cat)]
+            lines.append(f"{name:<18}{cat:<9}{a['tokens_per_s']:>8.2f}{a['speedup_vs_ar']:>7.2f}x"
+                         f"{a['mean_accept_len']:>9.2f}{a['mean_tree_size']:>7.1f}{a['identical_to_ar']:>8}/{a['prompts']:<3}")
+    return "\n".join(lines)
+
+
+def plot(table: dict, budgets: list[int], path: Path) -> None:
+    """Speedup over ar vs mean tree size: the ddtree budget sweep as a line, the other
+    strategies as their realized points (all categories together)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sweep = [(table[(f"ddtree@{n}", "all")]["mean_tree_size"], table[(f"ddtree@{n}", "all")]["speedup_vs_ar"])
+             for n in budgets if (f"ddtree@{n}", "all") in table]
+    if sweep:
+        ax.plot(*zip(*sweep), "o-", label="ddtree (fixed budget)")
+    for name, marker in (("dflash", "s"), ("caddtree", "^"), ("bastion", "*")):
+        if (name, "all") in table:
+            a = table[(name, "all")]
+            ax.plot(a["mean_tree_size"], a["speedup_vs_ar"], marker, markersize=12 if name == "bastion" else 8, label=f"{name} (realized)")
+    ax.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tree size (nodes per round)")
+    ax.set_ylabel("speedup over ar (tokens/s)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

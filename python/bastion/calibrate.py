@@ -1,0 +1,127 @@
+"""Latency calibration of a target on this device: time verify forwards over a grid of (tree
+tokens, context length), fit the roofline (``bastion_ext.latency``), time the drafter, and
+save / load the result as the ``LatencyModel`` that ``caddtree`` and ``bastion`` plan with."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from bastion_ext.latency import (LatencyModel, ModelSpec, RooflineModel, fit_roofline,
+                                 measure_device, measure_verify_grid)
+
+from .engine.target import TargetCache
+
+QUICK_NS = (2, 4, 16, 32, 64)  # a verify is the root + >= 1 node: never 1 token
+QUICK_CS = (64, 512)
+
+
+def default_path(model) -> Path:
+    """Where a calibration of ``model`` on its device is kept between runs."""
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bastion" / "latency"
+    name = Path(str(getattr(model.config, "_name_or_path", "") or model.config.model_type)).name
+    return root / f"{name}-{model.config.num_hidden_layers}L-{model.device.type}-{model.dtype}.json".replace("torch.", "")
+
+
+def _verify_forward_fn(model):
+    """forward_fn(n, c) for ``measure_verify_grid``: one causal forward of n tokens over a
+    cache of c (random) tokens, through the engine's verify path; the cache is rolled back.
+    One prefilled cache per c is kept: the grid's sweeps revisit every c, and a prefill
+    inside a timed call would be counted as verify time."""
+    caches: dict[int, TargetCache] = {}
+    vocab = model.config.vocab_size
+
+    def forward(n: int, c: int) -> None:
+        if c not in caches:
+            target = TargetCache(model, want_hidden=False)
+            if c:
+                target.prefill(torch.randint(vocab, (1, c), device=model.device))
+            caches[c] = target
+        target = caches[c]
+        tokens = torch.randint(vocab, (1, n), device=model.device)
+        positions = torch.arange(c, c + n, device=model.device)[None]
+        causal = torch.ones((n, n), dtype=torch.bool, device=model.device).tril()
+        target.verify(tokens, positions, causal)
+        target.commit(torch.empty(0, dtype=torch.long))
+
+    return forward
+
+
+def draft_seconds(drafter, model, context: int = 64, repeats: int = 3) -> float:
+    """Median seconds of one drafter forward after a ``context``-token extend."""
+    state = drafter.new_state(1)
+    features = torch.randn((1, context, drafter.feature_size), device=model.device, dtype=model.dtype)
+    drafter.extend(state, features, torch.arange(context, device=model.device)[None])
+    root = torch.zeros((1,), dtype=torch.long, device=model.device)
+    where = torch.tensor([context], device=model.device)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        drafter.draft(state, root, where)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[repeats // 2]
+
+
+def calibrate(model, drafter=None, ns=QUICK_NS, cs=QUICK_CS, repeats: int = 3) -> dict:
+    """Measure and fit. Returns a JSON-ready dict: the grid, the fitted roofline (and its
+    RMSE before / after the fit), the drafter's seconds and the device.
+
+    The fit uses each point's fastest repeat: load from other processes only ever adds time.
+    """
+    spec = ModelSpec.from_hf_config(model.config, element_bytes=model.dtype.itemsize)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else None
+    grid = measure_verify_grid(_verify_forward_fn(model), ns, cs, repeats=repeats, synchronize=sync)
+    start = RooflineModel.from_device(spec, measure_device(model.device, model.dtype))
+    try:
+        fit = fit_roofline(spec, *grid.points("min"), start=start)
+    except ValueError as err:
+        raise ValueError(f"the latency sweep could not be fitted ({err}); the machine may be too busy: "
+                         "rerun `bastion calibrate` with more --repeats (or under `chrt -f 1`)") from err
+    return {
+        "device": torch.cuda.get_device_name() if model.device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+        "model": spec.__dict__,
+        "grid": grid.to_dict(),
+        "roofline": fit.to_dict(),
+        "draft_seconds": draft_seconds(drafter, model) if drafter is not None else 0.0,
+    }
+
+
+def latency_from(calibration: dict, model) -> LatencyModel:
+    """The ``LatencyModel`` of a calibration dict: what ``calibrate`` saves, or the
+    ``"calibrated"`` roofline of bench/calibrate_cpu.py's file (no drafter time there)."""
+    spec = ModelSpec.from_hf_config(model.config, element_bytes=model.dtype.itemsize)
+    fitted = calibration["roofline"] if "roofline" in calibration else calibration["calibrated"]
+    # Every fitted field the saved roofline has (the RMSEs beside them are not fields).
+    names = {f.name for f in dataclasses.fields(RooflineModel)} - {"model"}
+    roofline = RooflineModel(spec, **{k: v for k, v in fitted.items() if k in names})
+    return LatencyModel(roofline, draft_seconds=calibration.get("draft_seconds", 0.0))
+
+
+def save(calibration: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(calibration, indent=1))
+    return path
+
+
+def load_or_calibrate(model, drafter=None, path: str | os.PathLike | None = None, log=print) -> LatencyModel:
+    """The saved calibration at ``path`` (default: :func:`default_path`), else a quick one now,
+    saved there for the next run."""
+    path = Path(path) if path is not None else default_path(model)
+    if path.is_file():
+        try:
+            return latency_from(json.loads(path.read_text()), model)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"latency calibration {str(path)!r} is unreadable ({err}); rerun `bastion calibrate`") from err
+    log(f"no latency calibration at {path}: measuring a quick one (bastion calibrate saves a fuller one)")
+    calibration = calibrate(model, drafter)
+    save(calibration, path)
+    return latency_from(calibration, model)
+
+

@@ -1,0 +1,218 @@
+"""The ``bastion`` command: ``generate`` (the main job), ``bench``, ``calibrate`` and
+``train-drafter``. User errors end with one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .engine.strategies import DEFAULT_TOPK, STRATEGIES
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: reported as one line, never a traceback."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="target: a HF model directory or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--drafter", default=None, help="DFlash drafter directory (default: the committed one for the embedded target)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--latency", default=None, help="latency calibration JSON (default: the per-model cache file)")
+
+
+def add_decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--topk", type=positive_int, default=DEFAULT_TOPK, help="tree branching width K")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bastion", description="Budget-aware draft-tree speculative decoding.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text from a prompt, streaming it")
+    g.add_argument("prompt")
+    g.add_argument("--strategy", choices=STRATEGIES, default="bastion")
+    g.add_argument("--budget", type=positive_int, default=None, help="ddtree: nodes per tree; caddtree/bastion: the cap")
+    g.add_argument("--compare", action="store_true", help="also run `ar` and print the measured speedup")
+    g.add_argument("--records", default=None, help="write one JSON line per round here (for bench/replay_policies.py)")
+    g.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
+    add_model_args(g)
+    add_decode_args(g)
+
+    b = sub.add_parser("bench", help="run strategies over the prompt sets; table, JSON and plot")
+    b.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated (ar is always run)")
+    b.add_argument("--budgets", default="4,8,16,32", help="ddtree budgets to sweep, comma-separated")
+    b.add_argument("--categories", default="math,code,chat")
+    b.add_argument("--prompts-per-category", type=positive_int, default=3)
+    b.add_argument("--hf-baselines", action="store_true", help="also time transformers generate() and its prompt lookup")
+    b.add_argument("--out", default="bench/results", help="directory for bench.json, bench.png and records")
+    add_model_args(b)
+    add_decode_args(b)
+    b.set_defaults(max_new_tokens=64)
+
+    c = sub.add_parser("calibrate", help="measure the verify latency grid on this device and save it")
+    c.add_argument("--ns", default="2,4,8,16,32,64,128", help="verify tokens per forward (root + nodes)")
+    c.add_argument("--cs", default="64,256,1024", help="context lengths")
+    c.add_argument("--repeats", type=positive_int, default=3)
+    c.add_argument("--out", default=None, help="output JSON (default: the per-model cache file)")
+    add_model_args(c)
+
+    sub.add_parser("train-drafter", help="distil a DFlash drafter for the target (see bastion train-drafter --help)", add_help=False)
+    return parser
+
+
+def int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{name} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{name} must be integers >= 1, got {text!r}")
+    return values
+
+
+def load_models(args, need_drafter: bool):
+    """(model, tokenizer, drafter or None), with loading failures as UserError."""
+    import torch
+
+    from .models import load_target
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available on this machine")
+    if need_drafter and args.drafter is not None and not os.path.exists(args.drafter):
+        raise UserError(f"drafter path {args.drafter!r} does not exist")
+    try:
+        model, tokenizer = load_target(args.model, device=args.device)
+    except FileNotFoundError as err:
+        raise UserError(str(err)) from None
+    except Exception as err:  # noqa: BLE001  a corrupt or foreign file fails deep inside transformers
+        raise UserError(f"cannot load the model {args.model or '(embedded)'}: {type(err).__name__}: {first_line(err)}") from None
+    drafter = None
+    if need_drafter:
+        from .drafter import load_drafter
+
+        try:
+            drafter = load_drafter(args.drafter, model)
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"cannot load the drafter {args.drafter or '(default)'}: {type(err).__name__}: {first_line(err)}") from None
+    return model, tokenizer, drafter
+
+
+def first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def format_summary(name: str, summary: dict) -> str:
+    line = f"[{name}] {summary['new_tokens']} tokens in {summary['seconds']:.2f} s = {summary['tokens_per_s']:.2f} tokens/s"
+    if summary["rounds"]:
+        budgets = ", ".join(f"{n}x{count}" for n, count in summary["budgets"].items())
+        line += (f"; {summary['rounds']} rounds, mean accepted length {summary['mean_accept_len']:.2f}, "
+                 f"mean tree size {summary['mean_tree_size']:.1f}; tree sizes chosen (size x rounds): {budgets}")
+    return line
+
+
+def cmd_generate(args) -> int:
+    from .bench import prompt_ids
+    from .calibrate import load_or_calibrate
+    from .engine import GenerationConfig, generate
+
+    model, tokenizer, drafter = load_models(args, need_drafter=args.strategy != "ar")
+    ids = tokenizer(args.prompt, add_special_tokens=False)["input_ids"] if args.no_chat_template else prompt_ids(tokenizer, args.prompt)
+    latency = None
+    if args.strategy in ("caddtree", "bastion"):
+        latency = load_or_calibrate(model, drafter, args.latency, log=lambda m: print(m, file=sys.stderr))
+    config = GenerationConfig(strategy=args.strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, seed=args.seed, budget=args.budget, topk=args.topk,
+                              record_topk=8 if args.records else 0)
+    streamed: list[int] = []
+    printed = [0]
+
+    def stream(new: list[int]) -> None:
+        streamed.extend(new)
+        text = tokenizer.decode(streamed, skip_special_tokens=True)
+        # A token can end mid-character; hold back until the text is stable.
+        if not text.endswith("\ufffd"):
+            sys.stdout.write(text[printed[0]:])
+            sys.stdout.flush()
+            printed[0] = len(text)
+
+    eos = tuple(t for t in [tokenizer.eos_token_id] if t is not None)
+    result = generate(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=eos, on_tokens=stream)
+    sys.stdout.write(tokenizer.decode(streamed, skip_special_tokens=True)[printed[0]:] + "\n")
+    print(format_summary(args.strategy, result.summary()))
+    if args.records:
+        with open(args.records, "w", encoding="utf-8") as f:
+            for record in result.rounds:
+                f.write(json.dumps(record) + "\n")
+    if args.compare and args.strategy != "ar":
+        baseline = generate(model, ids, GenerationConfig(strategy="ar", max_new_tokens=args.max_new_tokens,
+                                                         temperature=args.temperature, top_p=args.top_p, seed=args.seed),
+                            eos_token_ids=eos)
+        print(format_summary("ar", baseline.summary()))
+        same = "identical to ar" if baseline.tokens == result.tokens else (
+            "differs from ar (expected at temperature > 0: same distribution, other samples)"
+            if args.temperature > 0 else "DIFFERS from ar")
+        print(f"speedup of {args.strategy} over ar: {result.tokens_per_s / baseline.tokens_per_s:.2f}x; output {same}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .calibrate import calibrate, default_path, save
+
+    model, _, drafter = load_models(args, need_drafter=True)
+    result = calibrate(model, drafter, int_list(args.ns, "--ns"), int_list(args.cs, "--cs"), repeats=args.repeats)
+    path = save(result, args.out or default_path(model))
+    fit = result["roofline"]
+    print(f"verify grid on {result['device']}: ns={result['grid']['ns']} cs={result['grid']['cs']}")
+    for c, row in zip(result["grid"]["cs"], result["grid"]["median_s"]):
+        print(f"  c={c:5d}: " + " ".join(f"{1e3 * s:7.1f}" for s in row) + "  ms")
+    print(f"roofline fit: RMSE {1e3 * fit['rmse_before_s']:.1f} ms -> {1e3 * fit['rmse_after_s']:.1f} ms; "
+          f"drafter forward {1e3 * result['draft_seconds']:.1f} ms; saved {path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if argv[:1] == ["train-drafter"]:
+        from .train_drafter import main as train_main
+
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return {"generate": cmd_generate, "bench": cmd_bench, "calibrate": cmd_calibrate}[args.command](args)
+    except (UserError, ValueError, FileNotFoundError) as err:
+        if os.environ.get("BASTION_DEBUG"):
+            raise
+        print(f"bastion: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,117 @@
+"""The ``bastion`` command: smoke runs in-process on the session's model, and user errors
+(one line on stderr, exit code 2, never a traceback)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bastion.models
+from bastion.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def embedded(monkeypatch, smollm2):
+    """Make the CLI's embedded-model load return the session's model (no second load)."""
+    real = bastion.models.load_target
+
+    def load(path=None, **kwargs):
+        return smollm2 if path is None else real(path, **kwargs)
+
+    monkeypatch.setattr(bastion.models, "load_target", load)
+    return smollm2
+
+
+def run_main(argv):
+    try:
+        return main(argv)
+    except SystemExit as stop:  # argparse's own usage errors
+        return stop.code
+
+
+@pytest.mark.model
+def test_generate_ar_streams_text_and_summary(embedded, capsys):
+    assert run_main(["generate", "What is 2+2?", "--strategy", "ar", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("[ar] ") and "tokens/s" in lines[-1]
+    assert len(lines) >= 2 and lines[0].strip()  # the streamed answer comes first
+
+
+@pytest.fixture(scope="module")
+def drafter_dir(smollm2, tmp_path_factory):
+    """A DFlash checkpoint (published layout) with random weights, for the --drafter flag."""
+    from bastion.drafter import DFlashDrafter
+    from bastion.train_drafter import drafter_config_for
+
+    model, tokenizer = smollm2
+    config = drafter_config_for(model, tokenizer, num_layers=1, block_size=6, layer_ids=[1, 15])
+    path = tmp_path_factory.mktemp("drafter")
+    DFlashDrafter(config, model.get_input_embeddings(), model.get_output_embeddings()).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.model
+def test_generate_compare_reports_speedup_and_identity(embedded, drafter_dir, capsys, tmp_path):
+    records = tmp_path / "rounds.jsonl"
+    argv = ["generate", "Write a Python function that adds two numbers.", "--strategy", "ddtree", "--budget", "8",
+            "--max-new-tokens", "12", "--compare", "--records", str(records), "--drafter", drafter_dir]
+    assert run_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[ddtree]" in out and "[ar]" in out
+    assert "speedup of ddtree over ar" in out and "identical to ar" in out
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    assert rows and all(len(r["topk_ids"]) == len(r["target_tokens"]) for r in rows)
+
+
+@pytest.mark.model
+def test_calibrate_saves_a_latency_model_generate_uses(embedded, drafter_dir, capsys, tmp_path):
+    out = tmp_path / "latency.json"
+    argv = ["calibrate", "--ns", "1,4,8", "--cs", "8", "--repeats", "1", "--out", str(out), "--drafter", drafter_dir]
+    assert run_main(argv) == 0
+    saved = json.loads(out.read_text())
+    assert saved["grid"]["ns"] == [1, 4, 8] and len(saved["grid"]["median_s"][0]) == 3
+    assert saved["draft_seconds"] > 0 and "saved" in capsys.readouterr().out
+    argv = ["generate", "Hi!", "--strategy", "bastion", "--budget", "12", "--max-new-tokens", "6",
+            "--latency", str(out), "--drafter", drafter_dir]
+    assert run_main(argv) == 0
+    assert "[bastion]" in capsys.readouterr().out
+
+
+def _bad_gguf(tmp_path):
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF" + os.urandom(256))
+    return str(path)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "hi", "--model", "/no/such/model"], "does not exist"),
+    (["generate", "hi", "--model", "BAD_GGUF"], "cannot load the model"),
+    (["generate", "hi", "--strategy", "ddtree", "--drafter", "/no/such/drafter"], "drafter path"),
+    (["generate", "word " * 9000, "--strategy", "ar"], "exceeds the model's context"),
+    (["generate", "hi", "--budget", "0"], "--budget: must be >= 1"),
+    (["generate", "hi", "--strategy", "beam"], "invalid choice: 'beam'"),
+    (["bench", "--categories", "poetry"], "unknown ['poetry']"),
+], ids=["missing-model", "corrupt-weights", "missing-drafter", "prompt-too-long", "budget-0", "unknown-strategy",
+        "unknown-category"])
+def test_user_errors_are_one_line_and_exit_2(embedded, capsys, tmp_path, argv, message):
+    argv = [_bad_gguf(tmp_path) if a == "BAD_GGUF" else a for a in argv]
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(("bastion: error:", "bastion generate: error:", "bastion bench: error:"))
+
+
+def test_module_entry_point_reports_user_error_without_traceback():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), str(ROOT)]), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "bastion", "generate", "hi", "--model", "/no/such/model"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "bastion: error: model path '/no/such/model' does not exist"

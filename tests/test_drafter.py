@@ -1,0 +1,298 @@
+"""The DFlash drafter: published checkpoint format, interface shapes, cache consistency,
+loader errors, the training objective and the acceptance measure of ``train-drafter``."""
+
+import json
+import types
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from bastion.drafter import DFlashConfig, DFlashDrafter, default_target_layer_ids, load_drafter, select_features
+from bastion.train_drafter import Sequence, evaluate, load_train_state, position_weights, save_train_state, sequence_loss
+
+VOCAB, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, LAYERS, BLOCK = 111, 32, 4, 2, 8, 48, 2, 5
+TARGET_LAYER_IDS = [0, 2, 3]
+
+
+def published_config() -> dict:
+    """A config.json shaped like z-lab's Qwen3 DFlash drafters, tiny sizes."""
+    return {
+        "architectures": ["DFlashDraftModel"],
+        "model_type": "qwen3",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTER,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "head_dim": HEAD_DIM,
+        "vocab_size": VOCAB,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000,
+        "rope_scaling": None,
+        "max_position_embeddings": 40960,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "layer_types": ["full_attention"] * LAYERS,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "block_size": BLOCK,
+        "num_target_layers": 4,
+        "dflash_config": {"mask_token_id": 7, "target_layer_ids": TARGET_LAYER_IDS},
+    }
+
+
+def published_weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under the published names and shapes (no embeddings, no lm_head)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"fc.weight": (HIDDEN, len(TARGET_LAYER_IDS) * HIDDEN), "hidden_norm.weight": (HIDDEN,), "norm.weight": (HIDDEN,)}
+    for i in range(LAYERS):
+        p = f"layers.{i}."
+        shapes.update({
+            p + "self_attn.q_proj.weight": (HEADS * HEAD_DIM, HIDDEN),
+            p + "self_attn.k_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+            p + "self_attn.v_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+            p + "self_attn.o_proj.weight": (HIDDEN, HEADS * HEAD_DIM),
+            p + "self_attn.q_norm.weight": (HEAD_DIM,),
+            p + "self_attn.k_norm.weight": (HEAD_DIM,),
+            p + "mlp.gate_proj.weight": (INTER, HIDDEN),
+            p + "mlp.up_proj.weight": (INTER, HIDDEN),
+            p + "mlp.down_proj.weight": (HIDDEN, INTER),
+            p + "input_layernorm.weight": (HIDDEN,),
+            p + "post_attention_layernorm.weight": (HIDDEN,),
+        })
+    return {name: (0.3 * torch.randn(shape, generator=g)).to(torch.bfloat16) for name, shape in shapes.items()}
+
+
+def write_published(path, config=None, weights=None):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config or published_config()))
+    save_file(weights if weights is not None else published_weights(), path / "model.safetensors")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_target():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=4,
+                      num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM, max_position_embeddings=256,
+                      initializer_range=0.3)  # logits wide enough for the toy training to fit
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def drafter(tiny_target, tmp_path_factory):
+    return DFlashDrafter.from_pretrained(write_published(tmp_path_factory.mktemp("published")), tiny_target)
+
+
+def features(batch, n, seed=1):
+    return torch.randn(batch, n, len(TARGET_LAYER_IDS) * HIDDEN, generator=torch.Generator().manual_seed(seed))
+
+
+def test_loads_published_format_with_its_names_and_values(drafter, tiny_target):
+    weights = published_weights()
+    state = drafter.state_dict()
+    assert state.keys() == weights.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(state[name], tensor.float()), name
+    assert drafter.block_size == BLOCK and drafter.target_layer_ids == TARGET_LAYER_IDS
+    assert drafter.config.mask_token_id == 7 and drafter.config.rope_theta == 1e6
+    # Shared, not copied: the target's own modules.
+    assert drafter.target.embed_tokens is tiny_target.get_input_embeddings()
+    assert drafter.target.lm_head is tiny_target.get_output_embeddings()
+
+
+def test_draft_shape_dtype_and_determinism(drafter):
+    state = drafter.new_state(2)
+    drafter.extend(state, features(2, 9), torch.arange(9).expand(2, 9))
+    roots, positions = torch.tensor([3, 50]), torch.tensor([9, 9])
+    logits = drafter.draft(state, roots, positions)
+    assert logits.shape == (2, BLOCK - 1, VOCAB) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    assert torch.equal(logits, drafter.draft(state, roots, positions))
+    assert not torch.equal(logits[0], logits[1])
+
+
+def test_incremental_extend_and_batched_anchors_match_draft(drafter):
+    """draft after extend (in pieces) equals the one-pass training forward at every root."""
+    seq = 14
+    feats, positions = features(2, seq, seed=2), torch.arange(seq).expand(2, seq)
+    tokens = torch.randint(0, VOCAB, (2, seq), generator=torch.Generator().manual_seed(3))
+    anchors = torch.tensor([[2, 8, 13], [5, 6, 11]])
+    with torch.no_grad():
+        batched = drafter.anchor_logits(feats, positions, tokens, anchors)
+    for m in range(anchors.shape[1]):
+        for b in range(2):
+            a = int(anchors[b, m])
+            state = drafter.new_state(1)
+            drafter.extend(state, feats[b:b + 1, :a // 2], positions[b:b + 1, :a // 2])
+            drafter.extend(state, feats[b:b + 1, a // 2:a], positions[b:b + 1, a // 2:a])
+            single = drafter.draft(state, tokens[b:b + 1, a], positions[b:b + 1, a])
+            torch.testing.assert_close(single[0], batched[b, m], rtol=1e-5, atol=1e-5)
+
+
+def test_state_grows_past_its_capacity(drafter):
+    state = drafter.new_state(1)
+    for start in range(0, 300, 100):
+        drafter.extend(state, features(1, 100, seed=start), torch.arange(start, start + 100)[None])
+    assert state.length == 300
+    assert drafter.draft(state, torch.tensor([1]), torch.tensor([300])).shape == (1, BLOCK - 1, VOCAB)
+
+
+def test_select_features_takes_layer_outputs(tiny_target):
+    ids = torch.randint(0, VOCAB, (2, 6))
+    with torch.no_grad():
+        hs = tiny_target(ids, output_hidden_states=True).hidden_states
+    out = select_features(hs, TARGET_LAYER_IDS)
+    assert out.shape == (2, 6, len(TARGET_LAYER_IDS) * HIDDEN)
+    assert torch.equal(out[..., :HIDDEN], hs[1]) and torch.equal(out[..., -HIDDEN:], hs[4])
+    with pytest.raises(ValueError, match="target_layer_ids"):
+        select_features(hs[:3], TARGET_LAYER_IDS)
+
+
+def test_config_round_trip_and_default_layers():
+    cfg = DFlashConfig.from_dict(published_config())
+    assert DFlashConfig.from_dict(cfg.to_dict()) == cfg
+    # DFlash's rule for a 36-layer target and a 5-layer drafter (Qwen3-8B-DFlash-b16's sizes).
+    assert default_target_layer_ids(36, 5) == [1, 9, 17, 25, 33]
+    no_ids = published_config()
+    no_ids["dflash_config"] = {"mask_token_id": 7}
+    assert DFlashConfig.from_dict(no_ids).target_layer_ids == (1, 1)
+    llama = published_config() | {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
+    assert DFlashConfig.from_dict(llama).rope_scaling["factor"] == 8.0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"layer_types": ["sliding_attention", "full_attention"]}, "full-attention"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type"),
+    ({"block_size": None}, "block_size"),
+])
+def test_unsupported_config_is_refused_by_name(change, message):
+    with pytest.raises(ValueError, match=message):
+        DFlashConfig.from_dict(published_config() | change)
+
+
+def test_loader_errors_name_the_problem(tmp_path, tiny_target):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        load_drafter(tmp_path / "nowhere", tiny_target)
+    good = write_published(tmp_path / "good")
+    data = (good / "model.safetensors").read_bytes()
+    truncated = write_published(tmp_path / "truncated")
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        load_drafter(truncated, tiny_target)
+    garbage = write_published(tmp_path / "garbage")
+    (garbage / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        load_drafter(garbage, tiny_target)
+    weights = published_weights()
+    del weights["fc.weight"]
+    with pytest.raises(ValueError, match="missing .*fc.weight"):
+        load_drafter(write_published(tmp_path / "missing", weights=weights), tiny_target)
+    wrong = published_weights()
+    wrong["norm.weight"] = torch.ones(HIDDEN + 1)
+    with pytest.raises(ValueError, match="norm.weight"):
+        load_drafter(write_published(tmp_path / "wrong", weights=wrong), tiny_target)
+    big_vocab = write_published(tmp_path / "vocab", config=published_config() | {"vocab_size": VOCAB + 1})
+    with pytest.raises(ValueError, match="embeddings"):
+        load_drafter(big_vocab, tiny_target)
+
+
+def test_save_pretrained_round_trips(drafter, tiny_target, tmp_path):
+    drafter.save_pretrained(tmp_path / "saved", dtype=torch.bfloat16)
+    stored = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert stored["architectures"] == ["DFlashDraftModel"] and stored["dflash_config"]["target_layer_ids"] == TARGET_LAYER_IDS
+    again = load_drafter(tmp_path / "saved", tiny_target)
+    for name, tensor in drafter.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+
+
+def toy_sequence(seed=0, length=40, prompt_len=10):
+    # A learnable toy rule: the target's next token is a fixed function of the current one.
+    tokens = torch.empty(length, dtype=torch.int64)
+    tokens[0] = seed
+    for i in range(1, length):
+        tokens[i] = (tokens[i - 1] * 7 + 3) % VOCAB
+    targets = (tokens * 7 + 3) % VOCAB
+    return Sequence(tokens, features(1, length, seed)[0].half(), targets, prompt_len)
+
+
+def test_a_few_training_steps_lower_the_loss(tiny_target, tmp_path):
+    torch.manual_seed(0)
+    cfg = DFlashConfig.from_dict(published_config())
+    model = DFlashDrafter(cfg, tiny_target.get_input_embeddings(), tiny_target.get_output_embeddings())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    seq, anchors, weights = toy_sequence(), torch.arange(10, 36, 2), position_weights(BLOCK, 0.8)
+    embed_before = tiny_target.get_input_embeddings().weight.detach().clone()
+    first = sequence_loss(model, seq, anchors, weights).item()
+    for _ in range(40):
+        opt.zero_grad()
+        sequence_loss(model, seq, anchors, weights).backward()
+        opt.step()
+    assert sequence_loss(model, seq, anchors, weights).item() < 0.5 * first
+    # The shared embeddings are the target's: not among the drafter's parameters, never updated.
+    assert torch.equal(tiny_target.get_input_embeddings().weight, embed_before)
+    assert not any(p is tiny_target.get_input_embeddings().weight for p in model.parameters())
+    # The resumable state restores parameters and optimizer moments exactly.
+    save_train_state(tmp_path, model, opt, 40, [first])
+    fresh = DFlashDrafter(cfg, tiny_target.get_input_embeddings(), tiny_target.get_output_embeddings())
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    assert load_train_state(tmp_path, fresh, fresh_opt) == (40, [first])
+    for (name, p), q in zip(model.named_parameters(), fresh.parameters()):
+        assert torch.equal(p, q), name
+        assert torch.equal(opt.state[p]["exp_avg"], fresh_opt.state[q]["exp_avg"]), name
+
+
+def oracle_drafter(correct_depth: int):
+    """A stand-in whose argmax is the target's true token for the first ``correct_depth``
+    positions of every block and wrong after."""
+
+    def anchor_logits(feats, positions, tokens, anchors):
+        seq_targets = oracle_drafter.targets
+        idx = anchors[0][:, None] + torch.arange(BLOCK - 1)
+        truth = seq_targets[idx.clamp(max=len(seq_targets) - 1)]
+        wrong = (truth + 1) % VOCAB
+        chosen = torch.where(torch.arange(BLOCK - 1) < correct_depth, truth, wrong)
+        return torch.nn.functional.one_hot(chosen, VOCAB).float()[None] * 10
+
+    return types.SimpleNamespace(block_size=BLOCK, fc=types.SimpleNamespace(weight=torch.zeros(1)), anchor_logits=anchor_logits)
+
+
+@pytest.mark.parametrize("depth", [0, 2, BLOCK - 1])
+def test_evaluate_walks_rounds_like_the_engine(depth):
+    seq = toy_sequence(length=60, prompt_len=8)
+    oracle_drafter.targets = seq.targets
+    result = evaluate(oracle_drafter(depth), [seq], tree_budget=6, tree_width=2)
+    # Every round commits depth accepted + 1 tokens, and so does a tree holding the path.
+    assert result["dflash_mean_tokens_per_round"] == depth + 1
+    assert result["tree6_mean_tokens_per_round"] >= depth + 1
+    assert result["top1_match_rate_by_position"] == [1.0] * depth + [0.0] * (BLOCK - 1 - depth)
+
+
+@pytest.mark.model
+def test_committed_default_drafter_drafts_for_the_embedded_target(smollm2):
+    """The shipped weights load for SmolLM2 and, fed the target's features, draft (mostly) the
+    target's own greedy next tokens for a simple prompt."""
+    model, tokenizer = smollm2
+    drafter = load_drafter(None, model)
+    assert drafter.block_size == 8 and drafter.config.vocab_size == model.config.vocab_size
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Count from 1 to 20."}], tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=model.device)
+    greedy = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+    with torch.no_grad():
+        out = model(greedy, output_hidden_states=True)
+    prompt_len, hits = ids.shape[1], 0
+    for root in range(prompt_len, prompt_len + 16):
+        state = drafter.new_state(1)
+        drafter.extend(state, select_features(out.hidden_states, drafter.target_layer_ids)[:, :root], torch.arange(root, device=model.device)[None])
+        logits = drafter.draft(state, greedy[:, root], torch.tensor([root], device=model.device))
+        assert logits.shape == (1, 7, model.config.vocab_size) and logits.dtype == torch.float32
+        hits += int(logits[0, 0].argmax() == out.logits[0, root].argmax())
+    # Held-out first-position top-1 is ~24% (weights/RECIPE.md); a random drafter scores ~0.
+    assert hits >= 3

@@ -1,0 +1,252 @@
+"""The decoding loop on the embedded target: greedy losslessness of every strategy, the KV
+commit after deep and wide acceptances, sample-and-match's distribution, round records."""
+
+import pytest
+import torch
+from bastion_ext.latency import LatencyModel, ModelSpec, RooflineModel
+
+from bastion.engine import GenerationConfig, Sampler, generate
+from bastion.engine import tree_ops
+from bastion.engine.strategies import STRATEGIES
+from bastion.engine.target import TargetCache
+
+PROMPTS = [
+    "Write a Python function that returns the factorial of n.",
+    "What is 17 times 23?",
+    "Give me three tips for sleeping better.",
+]
+NEW_TOKENS = 32
+
+
+class OracleDrafter:
+    """Test-only drafter that knows the target's greedy continuation and answers it noisily.
+
+    At each draft position the true next token is the top candidate with probability ``hit``,
+    the second (behind a wrong token) with probability ``second``, else absent: trees get deep
+    acceptances through first children and through siblings, and misses. Losslessness must
+    hold for any drafter, so this one exercises the loop without a trained model.
+    """
+
+    target_layer_ids = (0,)
+
+    def __init__(self, sequence, vocab, block_size=8, hit=0.6, second=0.25, seed=0):
+        self.sequence = list(sequence)
+        self.vocab = vocab
+        self.block_size = block_size
+        self.hit, self.second = hit, second
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def new_state(self, batch):
+        return {"positions": []}
+
+    def extend(self, state, target_hidden, positions):
+        assert target_hidden.shape[:2] == positions.shape
+        state["positions"].extend(positions[0].tolist())
+
+    def draft(self, state, root_tokens, root_positions):
+        root = int(root_positions[0])
+        # The drafter only ever sees committed positions, in order, without gaps.
+        assert state["positions"] == list(range(root))
+        logits = torch.randn((1, self.block_size - 1, self.vocab), generator=self.generator)
+        for depth in range(1, self.block_size):
+            if root + depth >= len(self.sequence):
+                break
+            true = self.sequence[root + depth]
+            u = float(torch.rand((), generator=self.generator))
+            if u < self.hit:
+                logits[0, depth - 1, true] = 20.0
+            elif u < self.hit + self.second:
+                logits[0, depth - 1, (true + 1) % self.vocab] = 20.0
+                logits[0, depth - 1, true] = 19.0
+        return logits
+
+
+def chat_ids(tokenizer, text):
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+@pytest.fixture(scope="module")
+def ar_outputs(smollm2):
+    model, tokenizer = smollm2
+    outs = []
+    for text in PROMPTS:
+        ids = chat_ids(tokenizer, text)
+        result = generate(model, ids, GenerationConfig(strategy="ar", max_new_tokens=NEW_TOKENS, stop_on_eos=False))
+        outs.append((ids, result.tokens))
+    return outs
+
+
+@pytest.fixture(scope="module")
+def cpu_latency(smollm2):
+    """A plausible 2-core-CPU roofline (not a calibration: losslessness needs no accuracy)."""
+    spec = ModelSpec.from_hf_config(smollm2[0].config, element_bytes=4)
+    return LatencyModel(RooflineModel(spec, peak_flops=2e11, bandwidth=1e10, overhead=0.03), draft_seconds=0.01)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "ar"])
+def test_greedy_output_equals_ar(smollm2, ar_outputs, cpu_latency, strategy):
+    model, _ = smollm2
+    for i, (ids, expected) in enumerate(ar_outputs):
+        drafter = OracleDrafter(ids + expected, model.config.vocab_size, seed=i)
+        config = GenerationConfig(strategy=strategy, max_new_tokens=NEW_TOKENS, stop_on_eos=False, record_topk=4)
+        result = generate(model, ids, config, drafter=drafter, latency=cpu_latency)
+        assert result.tokens == expected, f"prompt {i}"
+        # The oracle is good: tree strategies must need fewer rounds than tokens.
+        assert len(result.rounds) < NEW_TOKENS - 1
+        assert sum(r["accept_len"] + 1 for r in result.rounds) >= NEW_TOKENS - 1
+
+
+def random_dflash_drafter(model, tokenizer, seed=0):
+    """A real DFlash-architecture drafter with random weights (1 layer, block 6)."""
+    from bastion.drafter import DFlashDrafter
+    from bastion.train_drafter import drafter_config_for
+
+    torch.manual_seed(seed)
+    config = drafter_config_for(model, tokenizer, num_layers=1, block_size=6, layer_ids=[1, 15])
+    return DFlashDrafter(config, model.get_input_embeddings(), model.get_output_embeddings()).eval()
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("strategy", ["ddtree", "bastion"])
+def test_dflash_drafter_is_lossless(smollm2, ar_outputs, cpu_latency, strategy):
+    """The real drafter path (features of the chosen target layers, extend with the accepted
+    rows) with random weights, and the committed default drafter when it is there."""
+    from bastion.drafter import load_drafter
+    from bastion.weights import DEFAULT_DRAFTER_DIR
+    from pathlib import Path
+
+    model, tokenizer = smollm2
+    drafters = [random_dflash_drafter(model, tokenizer)]
+    if (Path(DEFAULT_DRAFTER_DIR) / "config.json").is_file():
+        drafters.append(load_drafter(None, model))
+    ids, expected = ar_outputs[0]
+    for drafter in drafters:
+        config = GenerationConfig(strategy=strategy, max_new_tokens=16, stop_on_eos=False)
+        result = generate(model, ids, config, drafter=drafter, latency=cpu_latency)
+        assert result.tokens == expected[:16]
+
+
+def _tree_logits(path, ranks, vocab, k=4):
+    """Draft logits (1, len(path), vocab) that put ``path[d]`` at candidate rank ``ranks[d]``
+    among k confident candidates, so the tree accepts through first children (rank 0) or
+    through later siblings (rank 1)."""
+    logits = torch.zeros((1, len(path), vocab))
+    for d, (token, rank) in enumerate(zip(path, ranks)):
+        others = (token + 1 + torch.arange(k)) % vocab
+        logits[0, d, others] = 20.0 - torch.arange(k, dtype=torch.float32)
+        logits[0, d, token] = 21.0 if rank == 0 else 19.5
+    return logits
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("ranks", [(0, 0, 0, 0, 0), (1, 0, 1, 0)], ids=["deep", "wide"])
+def test_kv_commit_matches_fresh_forward(smollm2, ar_outputs, ranks):
+    model, _ = smollm2
+    ids, expected = ar_outputs[0]
+    target = TargetCache(model, want_hidden=False)
+    target.prefill(torch.tensor([ids]))
+    root, path = expected[0], expected[1: 1 + len(ranks)]
+    budget = 32
+    logits = _tree_logits(path, ranks, model.config.vocab_size)
+    tree = tree_ops.build_tree(logits, k=4, max_nodes=budget, context_len=len(ids), policy="fixed",
+                               budgets=torch.tensor([budget], dtype=torch.int32))
+    n = int(tree.n_nodes[0])
+    verify_tokens = torch.cat([torch.tensor([[root]]), tree.tokens[:, :n]], 1)
+    verify_positions = torch.cat([torch.tensor([[len(ids)]]), tree.positions[:, :n]], 1)
+    verify_logits, _ = target.verify(verify_tokens, verify_positions, tree_ops.verify_mask(tree, n))
+    accepted, bonus = tree_ops.accept(tree, n, verify_logits, Sampler())
+    assert len(accepted) == len(path) and bonus == expected[len(path) + 1]
+    first_children = [int(tree.first_child[0, int(tree.parents[0, a]) + 1]) for a in accepted]
+    assert [a != f for a, f in zip(accepted, first_children)] == [r > 0 for r in ranks]
+    target.commit(torch.tensor([0] + [a + 1 for a in accepted]))
+    committed = ids + [root] + path
+    assert target.length == len(committed)
+    next_logits = target.step(torch.tensor([[bonus]]))
+    with torch.inference_mode():
+        fresh = model(input_ids=torch.tensor([committed + [bonus]])).logits.float()
+    torch.testing.assert_close(next_logits, fresh[:, -1], rtol=1e-4, atol=1e-4)
+    # The tree forward's rows along the accepted path are the fresh forward's rows too.
+    rows = verify_logits[0, [0] + [a + 1 for a in accepted]]
+    torch.testing.assert_close(rows, fresh[0, len(ids): len(committed)], rtol=1e-4, atol=1e-4)
+
+
+def _chi_square(counts, probs):
+    total = counts.sum()
+    expected = probs * total
+    keep = expected > 0
+    assert counts[~keep].sum() == 0, "sampled a token of probability 0"
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum()), int(keep.sum()) - 1
+
+
+# chi-square critical values at p = 0.001 for 1..6 degrees of freedom
+CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46}
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_sample_and_match_reproduces_target_distribution(temperature, top_p):
+    vocab, trials = 6, 2000
+    torch.manual_seed(0)
+    draft = torch.randn((1, 2, vocab)) * 2
+    tree = tree_ops.build_tree(draft, k=3, max_nodes=7, context_len=10, policy="fixed",
+                               budgets=torch.tensor([7], dtype=torch.int32))
+    n = int(tree.n_nodes[0])
+    target_logits = torch.randn((1, n + 1, vocab)) * 1.5
+    sampler = Sampler(temperature, top_p, seed=1)
+    probs = sampler.probs(target_logits[0])
+    first = torch.zeros(vocab)
+    # Second token given that the first was node 0 (a child of the root): node 0's row.
+    second_after_node0 = torch.zeros(vocab)
+    for _ in range(trials):
+        accepted, bonus = tree_ops.accept(tree, n, target_logits, sampler)
+        emitted = tree.tokens[0, accepted].tolist() + [bonus]
+        first[emitted[0]] += 1
+        if accepted and accepted[0] == 0:
+            second_after_node0[emitted[1]] += 1
+    stat, dof = _chi_square(first, probs[0])
+    assert stat < CHI2_999[dof], (stat, first, probs[0])
+    assert second_after_node0.sum() > 80
+    stat, dof = _chi_square(second_after_node0, probs[1])
+    assert stat < CHI2_999[dof], (stat, second_after_node0, probs[1])
+
+
+def test_sampler_top_p_keeps_smallest_prefix_reaching_mass():
+    sampler = Sampler(temperature=1.0, top_p=0.75)
+    probs = sampler.probs(torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])))
+    torch.testing.assert_close(probs, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="top_p"):
+        Sampler(temperature=1.0, top_p=0.0)
+
+
+@pytest.mark.model
+def test_records_and_stop_on_eos(smollm2, ar_outputs):
+    model, _ = smollm2
+    ids, expected = ar_outputs[1]
+    eos = expected[5]
+    drafter = OracleDrafter(ids + expected, model.config.vocab_size)
+    config = GenerationConfig(strategy="ddtree", budget=12, max_new_tokens=NEW_TOKENS, record_topk=3)
+    result = generate(model, ids, config, drafter=drafter, eos_token_ids=(eos,))
+    assert result.tokens == expected[: expected.index(eos) + 1]
+    for r in result.rounds:
+        assert r["n_nodes"] <= 12 and 0 <= r["accept_len"] <= drafter.block_size - 1
+        assert len(r["topk_ids"]) == drafter.block_size - 1 and len(r["topk_ids"][0]) == 3
+        # The true continuation starts with what the round accepted, then its bonus token.
+        committed = r["target_tokens"][: r["accept_len"] + 1]
+        if -1 not in committed:  # the last round may end past the EOS cut
+            assert committed == r["accepted_tokens"] + [r["bonus"]]
+        assert all(r[t] >= 0 for t in ("t_draft", "t_build", "t_verify", "t_commit"))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("change, message", [
+    ({"strategy": "beam"}, "strategy must be one of"),
+    ({"strategy": "ddtree", "budget": 0}, "budget must be >= 1"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+    ({"strategy": "ddtree", "max_new_tokens": 10**6}, "exceeds the model's context"),
+])
+def test_bad_configs_name_the_argument(smollm2, change, message):
+    model, _ = smollm2
+    drafter = OracleDrafter([1, 2, 3], model.config.vocab_size)
+    with pytest.raises(ValueError, match=message):
+        generate(model, [1, 2, 3], GenerationConfig(**change), drafter=drafter)
