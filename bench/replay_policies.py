@@ -203,7 +203,8 @@ def replay_batches(expanded: dict[str, ExpandedRounds], latency: LatencyModel, n
     """Mixed batches (half from each category) through Bastion's batch allocation and through
     equal per-request budgets N = 1..n_max; modelled by the batched latency T_batch(M)."""
     names = sorted(expanded)
-    per_category = batch // len(names)
+    per_category = max(1, batch // len(names))
+    batch = per_category * len(names)  # equal shares: 3 categories make a batch of 4 into 3
     n_batches = min(e.scores.shape[0] for e in expanded.values()) // per_category
     # Bastion's batch path: per-slot acceptance calibration + allocate_batch_budget (Bastion.select
     # does the same on a DraftTree; here the trees are the recorded prefixes).

@@ -9,7 +9,7 @@
 #include <mutex>
 
 #include "build_tree_cuda.cuh"
-#include "limits.h"
+#include "tree_limits.h"
 #include "sort_keys.cuh"
 
 namespace bastion {

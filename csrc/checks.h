@@ -10,7 +10,7 @@
 #include <sstream>
 #include <string>
 
-#include "limits.h"
+#include "tree_limits.h"
 
 namespace bastion {
 

@@ -5,7 +5,7 @@
 #include <torch/library.h>
 
 #include "build_tree_cpu.h"
-#include "limits.h"
+#include "tree_limits.h"
 
 TORCH_LIBRARY(bastion_ext, m) {
   m.def(

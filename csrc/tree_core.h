@@ -10,7 +10,7 @@
 #include <limits>
 #include <type_traits>
 
-#include "limits.h"
+#include "tree_limits.h"
 
 namespace bastion {
 

@@ -2,8 +2,8 @@
 
 Runs without a GPU: /usr/local/cuda provides the headers. Skipped only where nvcc is missing.
 (The ``*_cuda.cpp`` torch adapters need c10/cuda's generated headers, which only a CUDA build
-of torch ships; the GPU machine's ``BASTION_CUDA=1`` build covers them.) No ``-I csrc``: sources include each other with quotes (resolved next
-to the including file), and ``csrc/limits.h`` would otherwise shadow the system <limits.h>.
+of torch ships; the GPU machine's ``BASTION_CUDA=1`` build covers them.) Sources include each
+other with quotes, resolved next to the including file, so no ``-I csrc`` is needed.
 """
 
 import os

@@ -17,15 +17,10 @@ from pathlib import Path
 import torch
 
 from .engine import GenerationConfig, generate
+from .models import chat_prompt_ids
 from .prompts import CATEGORIES, load_prompts
 
 HF_PROMPT_LOOKUP_TOKENS = 10
-
-
-def prompt_ids(tokenizer, text: str) -> list[int]:
-    """Token ids of ``text`` as one user turn through the chat template, ready to answer."""
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-    return tokenizer(chat, add_special_tokens=False)["input_ids"]
 
 
 def _runs(strategies: list[str], budgets: list[int]) -> list[tuple[str, str, int | None]]:
@@ -97,7 +92,7 @@ def run_bench(args) -> int:
     records = []
     progress = tqdm(total=len(prompts) * (len(runs) + len(hf)), desc="bench", unit="run")
     for row in prompts:
-        ids = prompt_ids(tokenizer, row["prompt"])
+        ids = chat_prompt_ids(tokenizer, row["prompt"])
         reference = None
         for name, strategy, budget in runs:
             config = GenerationConfig(strategy=strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,

@@ -134,12 +134,12 @@ def format_summary(name: str, summary: dict) -> str:
 
 
 def cmd_generate(args) -> int:
-    from .bench import prompt_ids
+    from .models import chat_prompt_ids
     from .calibrate import load_or_calibrate
     from .engine import GenerationConfig, generate
 
     model, tokenizer, drafter = load_models(args, need_drafter=args.strategy != "ar")
-    ids = tokenizer(args.prompt, add_special_tokens=False)["input_ids"] if args.no_chat_template else prompt_ids(tokenizer, args.prompt)
+    ids = tokenizer(args.prompt, add_special_tokens=False)["input_ids"] if args.no_chat_template else chat_prompt_ids(tokenizer, args.prompt)
     latency = None
     if args.strategy in ("caddtree", "bastion"):
         latency = load_or_calibrate(model, drafter, args.latency, log=lambda m: print(m, file=sys.stderr))

@@ -49,3 +49,9 @@ def load_target(path: str | os.PathLike | None = None, dtype=None, device: str =
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **kwargs)
     return model.to(device).eval(), tokenizer
+
+
+def chat_prompt_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` as one user turn through the chat template, ready to answer."""
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return tokenizer(chat, add_special_tokens=False)["input_ids"]

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from bastion.drafter import DFlashConfig, DFlashDrafter, load_drafter, select_features
+from bastion.models import chat_prompt_ids
 from bastion.prompts import load_prompts
 
 DEFAULT_LAYER_IDS = (1, 10, 19, 28)
@@ -52,11 +53,6 @@ class Sequence:
 # -- data ------------------------------------------------------------------------------------
 
 
-def _chat_ids(tokenizer, prompt: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 @torch.no_grad()
 def generate_sequences(model, tokenizer, prompts: list[str], layer_ids, max_new_tokens: int, batch_size: int, desc: str) -> list[Sequence]:
     """Greedy continuations (batched, left-padded) cut after the first EOS, then per sequence a
@@ -69,7 +65,7 @@ def generate_sequences(model, tokenizer, prompts: list[str], layer_ids, max_new_
     out: list[Sequence] = []
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt")
     for start in range(0, len(prompts), batch_size):
-        ids = [_chat_ids(tokenizer, p) for p in prompts[start:start + batch_size]]
+        ids = [chat_prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]]
         width = max(map(len, ids))
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
         attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
