@@ -10,7 +10,7 @@ run: setup
 
 # Tree building alone: a tree from a draft distribution, printed and timed (C++ vs oracle).
 demo: setup
-	. .venv/bin/activate && HF_HUB_OFFLINE=1 python -m bastion_ext.demo
+	. .venv/bin/activate && HF_HUB_OFFLINE=1 python -m bastion.demo
 
 # The whole test suite (what CI runs).
 test: setup

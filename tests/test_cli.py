@@ -98,15 +98,31 @@ def _bad_gguf(tmp_path):
     (["generate", "hi", "--budget", "0"], "--budget: must be >= 1"),
     (["generate", "hi", "--strategy", "beam"], "invalid choice: 'beam'"),
     (["bench", "--categories", "poetry"], "unknown ['poetry']"),
+    (["bench", "--prompts", "/no/such/prompts.jsonl"], "--prompts: cannot read"),
+    (["bench", "--prompts", "BAD_PROMPTS"], "bad.jsonl:2: each line needs"),
+    (["generate", "hi", "--dtype", "float16"], "invalid choice: 'float16'"),
 ], ids=["missing-model", "corrupt-weights", "missing-drafter", "prompt-too-long", "budget-0", "unknown-strategy",
-        "unknown-category"])
+        "unknown-category", "missing-prompts", "malformed-prompts", "unknown-dtype"])
 def test_user_errors_are_one_line_and_exit_2(embedded, capsys, tmp_path, argv, message):
-    argv = [_bad_gguf(tmp_path) if a == "BAD_GGUF" else a for a in argv]
+    bad_prompts = tmp_path / "bad.jsonl"
+    bad_prompts.write_text('{"prompt": "fine"}\n{"text": "no prompt key"}\n')
+    argv = [_bad_gguf(tmp_path) if a == "BAD_GGUF" else str(bad_prompts) if a == "BAD_PROMPTS" else a for a in argv]
     assert run_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err
     assert "Traceback" not in err
     assert err.splitlines()[-1].startswith(("bastion: error:", "bastion generate: error:", "bastion bench: error:"))
+
+
+@pytest.mark.model
+def test_bench_runs_a_users_prompt_file(embedded, tmp_path, capsys):
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text('{"prompt": "Say hi.", "category": "greet"}\n\n{"prompt": "Name a color."}\n')
+    out = tmp_path / "results"
+    assert run_main(["bench", "--prompts", str(prompts), "--strategies", "ar", "--max-new-tokens", "3", "--out", str(out)]) == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert {(r["strategy"], r["category"], r["prompts"]) for r in rows} == {("ar", "greet", 1), ("ar", "custom", 1), ("ar", "all", 2)}
+    assert "greet" in capsys.readouterr().out
 
 
 def test_module_entry_point_reports_user_error_without_traceback():

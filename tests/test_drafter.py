@@ -261,14 +261,15 @@ def oracle_drafter(correct_depth: int):
         chosen = torch.where(torch.arange(BLOCK - 1) < correct_depth, truth, wrong)
         return torch.nn.functional.one_hot(chosen, VOCAB).float()[None] * 10
 
-    return types.SimpleNamespace(block_size=BLOCK, fc=types.SimpleNamespace(weight=torch.zeros(1)), anchor_logits=anchor_logits)
+    return types.SimpleNamespace(block_size=BLOCK, fc=types.SimpleNamespace(weight=torch.zeros(1)), anchor_logits=anchor_logits,
+                                 to_draft_ids=lambda ids: ids)
 
 
 @pytest.mark.parametrize("depth", [0, 2, BLOCK - 1])
 def test_evaluate_walks_rounds_like_the_engine(depth):
     seq = toy_sequence(length=60, prompt_len=8)
     oracle_drafter.targets = seq.targets
-    result = evaluate(oracle_drafter(depth), [seq], tree_budget=6, tree_width=2)
+    result = evaluate(oracle_drafter(depth), [seq], tree_budgets=(6,), tree_width=2)
     # Every round commits depth accepted + 1 tokens, and so does a tree holding the path.
     assert result["dflash_mean_tokens_per_round"] == depth + 1
     assert result["tree6_mean_tokens_per_round"] >= depth + 1
@@ -281,7 +282,7 @@ def test_committed_default_drafter_drafts_for_the_embedded_target(smollm2):
     target's own greedy next tokens for a simple prompt."""
     model, tokenizer = smollm2
     drafter = load_drafter(None, model)
-    assert drafter.block_size == 8 and drafter.config.vocab_size == model.config.vocab_size
+    assert drafter.config.vocab_size == model.config.vocab_size
     text = tokenizer.apply_chat_template([{"role": "user", "content": "Count from 1 to 20."}], tokenize=False, add_generation_prompt=True)
     ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=model.device)
     greedy = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
@@ -292,7 +293,7 @@ def test_committed_default_drafter_drafts_for_the_embedded_target(smollm2):
         state = drafter.new_state(1)
         drafter.extend(state, select_features(out.hidden_states, drafter.target_layer_ids)[:, :root], torch.arange(root, device=model.device)[None])
         logits = drafter.draft(state, greedy[:, root], torch.tensor([root], device=model.device))
-        assert logits.shape == (1, 7, model.config.vocab_size) and logits.dtype == torch.float32
-        hits += int(logits[0, 0].argmax() == out.logits[0, root].argmax())
-    # Held-out first-position top-1 is ~24% (weights/RECIPE.md); a random drafter scores ~0.
+        assert logits.shape == (1, drafter.block_size - 1, drafter.draft_vocab_size) and logits.dtype == torch.float32
+        hits += int(drafter.to_target_ids(logits[0, 0].argmax()) == out.logits[0, root].argmax())
+    # Held-out first-position top-1 is well above this (weights/RECIPE.md); a random drafter scores ~0.
     assert hits >= 3

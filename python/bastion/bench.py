@@ -18,7 +18,7 @@ import torch
 
 from .engine import GenerationConfig, generate
 from .models import chat_prompt_ids
-from .prompts import CATEGORIES, load_prompts
+from .prompts import load_prompt_file, load_prompts
 
 HF_PROMPT_LOOKUP_TOKENS = 10
 
@@ -64,12 +64,17 @@ def run_bench(args) -> int:
     from tqdm import tqdm
 
     from .calibrate import load_or_calibrate
-    from .cli import UserError, int_list, load_models
+    from .cli_support import UserError, int_list, load_models
 
-    categories = [c.strip() for c in args.categories.split(",") if c.strip()]
-    unknown = sorted(set(categories) - set(CATEGORIES))
+    try:
+        rows = load_prompt_file(args.prompts) if args.prompts else load_prompts("eval")
+    except OSError as err:
+        raise UserError(f"--prompts: cannot read {args.prompts!r}: {err.strerror or err}") from None
+    known = list(dict.fromkeys(r["category"] for r in rows))
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else known
+    unknown = sorted(set(categories) - set(known))
     if unknown:
-        raise UserError(f"--categories: unknown {unknown}; choose from {', '.join(CATEGORIES)}")
+        raise UserError(f"--categories: unknown {unknown}; the prompt set has {', '.join(known)}")
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     from .engine.strategies import STRATEGIES
 
@@ -81,7 +86,7 @@ def run_bench(args) -> int:
     latency = None
     if {"caddtree", "bastion"} & set(strategies):
         latency = load_or_calibrate(model, drafter, args.latency, log=lambda m: print(m, file=sys.stderr))
-    prompts = [row for c in categories for row in load_prompts("eval", c)[: args.prompts_per_category]]
+    prompts = [row for c in categories for row in [r for r in rows if r["category"] == c][: args.prompts_per_category]]
     runs = _runs(strategies, budgets)
     hf = [("hf_generate", False), ("hf_prompt_lookup", True)] if args.hf_baselines else []
     eos = tokenizer.eos_token_id
@@ -125,7 +130,7 @@ def run_bench(args) -> int:
     meta = {
         "command": "bastion " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("bastion") else " ".join(sys.argv),
         "device": torch.cuda.get_device_name() if model.device.type == "cuda" else f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads",
-        "torch": torch.__version__, "python": platform.python_version(),
+        "torch": torch.__version__, "python": platform.python_version(), "dtype": str(model.dtype).removeprefix("torch."),
         "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "topk": args.topk,
         "prompts": [r["id"] for r in prompts],
     }

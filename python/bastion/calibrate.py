@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 from bastion_ext.latency import (LatencyModel, ModelSpec, RooflineModel, fit_roofline,
                                  measure_device, measure_verify_grid)
+from bastion_ext.latency.calibration import VerifyGrid
 
 from .engine.target import TargetCache
 
-QUICK_NS = (2, 4, 16, 32, 64)  # a verify is the root + >= 1 node: never 1 token
+QUICK_NS = (2, 4, 8, 16, 32, 64)  # a verify is the root + >= 1 node: never 1 token
 QUICK_CS = (64, 512)
+QUICK_RUNS = 3  # runs whose quick measurements are pooled before the calibration is kept
 
 
 def default_path(model) -> Path:
@@ -68,15 +70,28 @@ def draft_seconds(drafter, model, context: int = 64, repeats: int = 3) -> float:
     return sorted(times[1:])[repeats // 2]
 
 
-def calibrate(model, drafter=None, ns=QUICK_NS, cs=QUICK_CS, repeats: int = 3) -> dict:
+def calibrate(model, drafter=None, ns=QUICK_NS, cs=QUICK_CS, repeats: int = 3, previous: dict | None = None) -> dict:
     """Measure and fit. Returns a JSON-ready dict: the grid, the fitted roofline (and its
     RMSE before / after the fit), the drafter's seconds and the device.
 
     The fit uses each point's fastest repeat: load from other processes only ever adds time.
+    ``previous``: an earlier calibration of the same grid (what this function returned): its
+    sweeps are kept beside the new ones and ``runs`` counts the measurements pooled, so that
+    one disturbed run cannot decide the fit.
     """
     spec = ModelSpec.from_hf_config(model.config, element_bytes=model.dtype.itemsize)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else None
     grid = measure_verify_grid(_verify_forward_fn(model), ns, cs, repeats=repeats, synchronize=sync)
+    draft = draft_seconds(drafter, model) if drafter is not None else 0.0
+    runs = 1
+    if previous is not None:
+        old = previous["grid"]
+        if old["ns"] != grid.ns.tolist() or old["cs"] != grid.cs.tolist():
+            raise ValueError(f"cannot pool a calibration of grid ns={old['ns']} cs={old['cs']} with ns={grid.ns.tolist()} cs={grid.cs.tolist()}")
+        samples = torch.cat([torch.tensor(old["samples_s"], dtype=torch.float64), grid.samples])
+        grid = VerifyGrid(grid.ns, grid.cs, samples)
+        draft = min(draft, previous.get("draft_seconds", draft)) if drafter is not None else 0.0
+        runs = int(previous.get("runs", 1)) + 1
     start = RooflineModel.from_device(spec, measure_device(model.device, model.dtype))
     try:
         fit = fit_roofline(spec, *grid.points("min"), start=start)
@@ -88,7 +103,8 @@ def calibrate(model, drafter=None, ns=QUICK_NS, cs=QUICK_CS, repeats: int = 3) -
         "model": spec.__dict__,
         "grid": grid.to_dict(),
         "roofline": fit.to_dict(),
-        "draft_seconds": draft_seconds(drafter, model) if drafter is not None else 0.0,
+        "draft_seconds": draft,
+        "runs": runs,
     }
 
 
@@ -111,17 +127,26 @@ def save(calibration: dict, path: str | os.PathLike) -> Path:
 
 
 def load_or_calibrate(model, drafter=None, path: str | os.PathLike | None = None, log=print) -> LatencyModel:
-    """The saved calibration at ``path`` (default: :func:`default_path`), else a quick one now,
-    saved there for the next run."""
+    """The saved calibration at ``path`` (default: :func:`default_path`), else a quick one now.
+
+    A quick calibration is not final after one run: the next ``QUICK_RUNS - 1`` runs each
+    measure the grid again and pool their sweeps with it (the fit takes every point's fastest),
+    so a first run on a busy machine does not decide every later run's budgets. A calibration
+    from ``bastion calibrate`` (no ``runs`` count) is used as it is.
+    """
     path = Path(path) if path is not None else default_path(model)
+    previous = None
     if path.is_file():
         try:
-            return latency_from(json.loads(path.read_text()), model)
-        except (ValueError, KeyError, TypeError) as err:
+            previous = json.loads(path.read_text())
+            if previous.get("runs", QUICK_RUNS) >= QUICK_RUNS:
+                return latency_from(previous, model)
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"latency calibration {str(path)!r} is unreadable ({err}); rerun `bastion calibrate`") from err
-    log(f"no latency calibration at {path}: measuring a quick one (bastion calibrate saves a fuller one)")
-    calibration = calibrate(model, drafter)
+        log(f"refining the quick latency calibration at {path} (run {previous.get('runs', 1) + 1} of {QUICK_RUNS})")
+    else:
+        log(f"no latency calibration at {path}: measuring a quick one, refined by the next {QUICK_RUNS - 1} runs "
+            "(bastion calibrate saves a fuller one)")
+    calibration = calibrate(model, drafter, previous=previous)
     save(calibration, path)
     return latency_from(calibration, model)
-
-

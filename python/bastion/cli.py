@@ -8,13 +8,11 @@ import json
 import os
 import sys
 
+from .cli_support import UserError, int_list, load_models
+from .dtypes import CHOICES as DTYPES
 from .engine.strategies import DEFAULT_TOPK, STRATEGIES
 
 EXIT_USER_ERROR = 2
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for: reported as one line, never a traceback."""
 
 
 def positive_int(text: str) -> int:
@@ -35,6 +33,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="target: a HF model directory or .gguf file (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--drafter", default=None, help="DFlash drafter directory (default: the committed one for the embedded target)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="target and drafter dtype; auto: bfloat16 on CUDA and on CPUs with AMX or AVX512-BF16, else float32")
     p.add_argument("--latency", default=None, help="latency calibration JSON (default: the per-model cache file)")
 
 
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run strategies over the prompt sets; table, JSON and plot")
     b.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated (ar is always run)")
     b.add_argument("--budgets", default="4,8,16,32", help="ddtree budgets to sweep, comma-separated")
-    b.add_argument("--categories", default="math,code,chat")
+    b.add_argument("--prompts", default=None, help="JSONL file, one object per line: prompt, optional category (default: the eval set)")
+    b.add_argument("--categories", default=None, help="comma-separated categories to run (default: all in the prompt set)")
     b.add_argument("--prompts-per-category", type=positive_int, default=3)
     b.add_argument("--hf-baselines", action="store_true", help="also time transformers generate() and its prompt lookup")
     b.add_argument("--out", default="bench/results", help="directory for bench.json, bench.png and records")
@@ -80,48 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train-drafter", help="distil a DFlash drafter for the target (see bastion train-drafter --help)", add_help=False)
     return parser
-
-
-def int_list(text: str, name: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{name} must be comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{name} must be integers >= 1, got {text!r}")
-    return values
-
-
-def load_models(args, need_drafter: bool):
-    """(model, tokenizer, drafter or None), with loading failures as UserError."""
-    import torch
-
-    from .models import load_target
-
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: CUDA is not available on this machine")
-    if need_drafter and args.drafter is not None and not os.path.exists(args.drafter):
-        raise UserError(f"drafter path {args.drafter!r} does not exist")
-    try:
-        model, tokenizer = load_target(args.model, device=args.device)
-    except FileNotFoundError as err:
-        raise UserError(str(err)) from None
-    except Exception as err:  # noqa: BLE001  a corrupt or foreign file fails deep inside transformers
-        raise UserError(f"cannot load the model {args.model or '(embedded)'}: {type(err).__name__}: {first_line(err)}") from None
-    drafter = None
-    if need_drafter:
-        from .drafter import load_drafter
-
-        try:
-            drafter = load_drafter(args.drafter, model)
-        except Exception as err:  # noqa: BLE001
-            raise UserError(f"cannot load the drafter {args.drafter or '(default)'}: {type(err).__name__}: {first_line(err)}") from None
-    return model, tokenizer, drafter
-
-
-def first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "(no message)"
 
 
 def format_summary(name: str, summary: dict) -> str:
@@ -175,6 +134,12 @@ def cmd_generate(args) -> int:
             "differs from ar (expected at temperature > 0: same distribution, other samples)"
             if args.temperature > 0 else "DIFFERS from ar")
         print(f"speedup of {args.strategy} over ar: {result.tokens_per_s / baseline.tokens_per_s:.2f}x; output {same}")
+        if args.temperature == 0 and baseline.tokens != result.tokens:
+            from .engine.divergence import first_divergence
+
+            divergence = first_divergence(model, ids, baseline.tokens, result.tokens)
+            if divergence is not None:
+                print(divergence.describe(model.dtype))
     return 0
 
 
@@ -183,6 +148,7 @@ def cmd_calibrate(args) -> int:
 
     model, _, drafter = load_models(args, need_drafter=True)
     result = calibrate(model, drafter, int_list(args.ns, "--ns"), int_list(args.cs, "--cs"), repeats=args.repeats)
+    result.pop("runs")  # a deliberate calibration is final: later runs use it as it is
     path = save(result, args.out or default_path(model))
     fit = result["roofline"]
     print(f"verify grid on {result['device']}: ns={result['grid']['ns']} cs={result['grid']['cs']}")

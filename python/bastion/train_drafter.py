@@ -17,6 +17,7 @@ Steps, each resumable from ``--out``:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -29,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from bastion.drafter import DFlashConfig, DFlashDrafter, load_drafter, select_features
-from bastion.models import chat_prompt_ids
 from bastion.prompts import load_prompts
+from bastion.train_data import TokenData, generate_token_data
 
 DEFAULT_LAYER_IDS = (1, 10, 19, 28)
 MASK_TOKEN = "<empty_output>"  # a special token SmolLM2 never emits in chat; any fixed id works
@@ -40,8 +41,8 @@ MASK_TOKEN = "<empty_output>"  # a special token SmolLM2 never emits in chat; an
 class Sequence:
     """One training/eval sequence: prompt + greedy continuation.
 
-    tokens: (S,) int64; features: (S, F) fp16 selected hidden states; targets: (S,) int64, the
-    target's argmax after each prefix (targets[t] is greedy's token at t + 1); prompt_len: int.
+    tokens: (S,) int64; features: (S, F) bf16/fp16 selected hidden states; targets: (S,) int64,
+    the target's argmax after each prefix (targets[t] is greedy's token at t + 1); prompt_len: int.
     """
 
     tokens: torch.Tensor
@@ -53,58 +54,69 @@ class Sequence:
 # -- data ------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def generate_sequences(model, tokenizer, prompts: list[str], layer_ids, max_new_tokens: int, batch_size: int, desc: str) -> list[Sequence]:
-    """Greedy continuations (batched, left-padded) cut after the first EOS, then per sequence a
-    teacher-forced forward for features and argmax targets."""
-    from tqdm import tqdm
-
-    device = model.get_input_embeddings().weight.device
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    out: list[Sequence] = []
-    bar = tqdm(total=len(prompts), desc=desc, unit="prompt")
-    for start in range(0, len(prompts), batch_size):
-        ids = [chat_prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]]
-        width = max(map(len, ids))
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
-        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-        generated = model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=pad, eos_token_id=eos,
-        )[:, width:].tolist()
-        for prompt_ids, cont in zip(ids, generated):
-            if eos in cont:
-                cont = cont[:cont.index(eos) + 1]
-            tokens = torch.tensor([prompt_ids + cont], device=device)
-            result = model(input_ids=tokens, output_hidden_states=True)
-            out.append(Sequence(
-                tokens=tokens[0].cpu(),
-                features=select_features(result.hidden_states, layer_ids)[0].to(torch.float16).cpu(),
-                targets=result.logits[0].argmax(-1).cpu(),
-                prompt_len=len(prompt_ids),
-            ))
-            bar.update(1)
-    bar.close()
-    return out
-
-
-def save_sequences(path: Path, seqs: list[Sequence]) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {}
-    for i, s in enumerate(seqs):
-        tensors[f"{i}.tokens"], tensors[f"{i}.features"], tensors[f"{i}.targets"] = s.tokens, s.features.contiguous(), s.targets
-        tensors[f"{i}.prompt_len"] = torch.tensor([s.prompt_len])
-    save_file(tensors, path)
-
-
-def load_sequences(path: Path) -> list[Sequence]:
+def split_sequences(split: str, target, tokenizer, args, layer_ids, deadline: float | None) -> list[Sequence]:
+    """The split's training sequences: greedy continuations from the committed chunks in
+    ``--data-dir/<split>_tokens`` (generating missing chunks until ``deadline``), with the
+    target features kept when they were generated here, else recomputed."""
     from safetensors.torch import load_file
 
-    t = load_file(path)
-    count = len({k.split(".")[0] for k in t})
-    return [Sequence(t[f"{i}.tokens"], t[f"{i}.features"], t[f"{i}.targets"], int(t[f"{i}.prompt_len"][0])) for i in range(count)]
+    limit = args.max_train_prompts if split == "train" else args.max_eval_prompts
+    rows = load_prompts(split)[:limit]
+    # Keyed by the layers: features of other layers are never mistaken for these.
+    features_dir = Path(args.out) / f"features_{split}_L{'-'.join(map(str, layer_ids))}"
+    t0 = time.perf_counter()
+    parts = generate_token_data(target, tokenizer, rows, args.max_new_tokens, args.gen_batch, Path(args.data_dir) / f"{split}_tokens",
+                                desc=f"data {split}", feature_layers=layer_ids, features_dir=features_dir, deadline=deadline)
+    print(f"{split}: {sum(len(p) for p in parts)} of {len(rows)} prompts answered, "
+          f"{sum(p.generated_tokens for p in parts)} generated tokens ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    seqs: list[Sequence] = []
+    for index, part in enumerate(parts):
+        path = features_dir / f"features_{index:05d}.safetensors"
+        if not path.is_file():
+            seqs += featurize(target, part, layer_ids, desc=f"features {split} chunk {index}")
+            continue
+        features = load_file(path)["features"]
+        for i in range(len(part)):
+            tokens = part.sequence(i).long()
+            # Decoded greedily: the next token is the target's argmax; none after the last.
+            targets = torch.cat([tokens[1:], torch.tensor([-100])])
+            seqs.append(Sequence(tokens, features[int(part.offsets[i]):int(part.offsets[i + 1])], targets, int(part.prompt_lens[i])))
+    return seqs
+
+
+@torch.no_grad()
+def featurize(target, data: TokenData, layer_ids, batch_tokens: int = 4096, desc: str = "features") -> list[Sequence]:
+    """Teacher-forced target forwards over every sequence (right-padded batches of about
+    ``batch_tokens`` tokens, similar lengths together): the selected layers' hidden states
+    (the target's dtype) and the target's argmax at every position."""
+    from tqdm import tqdm
+
+    device = target.get_input_embeddings().weight.device
+    lengths = (data.offsets[1:] - data.offsets[:-1]).tolist()
+    order = sorted(range(len(data)), key=lambda i: lengths[i])
+    out: list[Sequence | None] = [None] * len(data)
+    bar = tqdm(total=sum(lengths), desc=desc, unit="tok", unit_scale=True)
+    i = 0
+    while i < len(order):
+        width = lengths[order[i]]
+        group = [order[i]]
+        while i + len(group) < len(order) and lengths[order[i + len(group)]] * (len(group) + 1) <= batch_tokens:
+            group.append(order[i + len(group)])
+        width = max(lengths[j] for j in group)
+        ids = torch.zeros((len(group), width), dtype=torch.long)
+        for row, j in enumerate(group):
+            ids[row, :lengths[j]] = data.sequence(j).long()
+        mask = (torch.arange(width)[None] < torch.tensor([lengths[j] for j in group])[:, None]).long()
+        result = target(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+        feats = select_features(result.hidden_states, layer_ids)
+        argmax = result.logits.argmax(-1)
+        for row, j in enumerate(group):
+            n = lengths[j]
+            out[j] = Sequence(ids[row, :n], feats[row, :n].cpu().clone(), argmax[row, :n].cpu(), int(data.prompt_lens[j]))
+        bar.update(sum(lengths[j] for j in group))
+        i += len(group)
+    bar.close()
+    return out
 
 
 # -- model -----------------------------------------------------------------------------------
@@ -129,6 +141,18 @@ def drafter_config_for(target, tokenizer, num_layers: int, block_size: int, laye
 # -- training --------------------------------------------------------------------------------
 
 
+def frequent_tokens(seqs: list[Sequence], count: int, vocab_size: int) -> torch.Tensor:
+    """(count,) int64, increasing: the reduced draft vocabulary. Every token of ``seqs``
+    (prompts and continuations) by frequency, then the lowest unseen ids: a BPE vocabulary
+    numbers its merges roughly by frequency, and the drafter can still score a token it never
+    saw as a label through the target's own lm_head row."""
+    if not 1 <= count <= vocab_size:
+        raise ValueError(f"--draft-vocab must be in [1, {vocab_size}], got {count}")
+    counts = torch.bincount(torch.cat([s.tokens for s in seqs]).long(), minlength=vocab_size)[:vocab_size]
+    order = sorted(range(vocab_size), key=lambda t: (-int(counts[t]), t))[:count]
+    return torch.tensor(sorted(order), dtype=torch.long)
+
+
 def position_weights(block_size: int, decay: float) -> torch.Tensor:
     """(block_size - 1,) fp32 loss weights decay**k, mean 1: early positions decide acceptance."""
     w = decay ** torch.arange(block_size - 1, dtype=torch.float32)
@@ -141,22 +165,42 @@ def block_labels(seq: Sequence, anchors: torch.Tensor, block_size: int) -> torch
     return torch.where(idx < len(seq.targets), seq.targets[idx.clamp(max=len(seq.targets) - 1)], -100)
 
 
-def sequence_loss(drafter: DFlashDrafter, seq: Sequence, anchors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Position-weighted cross-entropy of the drafter's blocks rooted at ``anchors`` (M,)."""
+def batch_loss(drafter: DFlashDrafter, seqs: list[Sequence], anchors: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Position-weighted cross-entropy of the drafter's blocks over several sequences at once.
+
+    seqs: B sequences (right-padded together; a block never sees past its root, so padding is
+    never seen); anchors: B tensors (M,) of root indices, the same M for every sequence;
+    weights: (block_size - 1,) per-position loss weights. Returns a scalar.
+    """
     device = drafter.fc.weight.device
-    positions = torch.arange(len(seq.tokens), device=device)[None]
-    logits = drafter.anchor_logits(seq.features[None].to(device), positions, seq.tokens[None].to(device), anchors[None].to(device))[0]
-    labels = block_labels(seq, anchors, drafter.block_size).to(device)
-    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none").view_as(labels)
+    width = max(len(s.tokens) for s in seqs)
+    tokens = torch.zeros((len(seqs), width), dtype=torch.long)
+    features = seqs[0].features.new_zeros((len(seqs), width, seqs[0].features.shape[1]))
+    for row, s in enumerate(seqs):
+        tokens[row, :len(s.tokens)] = s.tokens
+        features[row, :len(s.tokens)] = s.features
+    positions = torch.arange(width, device=device).expand(len(seqs), -1)
+    roots = torch.stack(anchors).to(device)
+    logits = drafter.anchor_logits(features.to(device), positions, tokens.to(device), roots)
+    labels = drafter.to_draft_ids(torch.stack([block_labels(s, a, drafter.block_size) for s, a in zip(seqs, anchors)]).to(device))
+    ce = F.cross_entropy(logits.flatten(0, 2).float(), labels.flatten(), ignore_index=-100, reduction="none").view_as(labels)
     w = weights.to(device) * (labels != -100)
     return (ce * w).sum() / w.sum().clamp(min=1)
 
 
+def sequence_loss(drafter: DFlashDrafter, seq: Sequence, anchors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Position-weighted cross-entropy of the drafter's blocks rooted at ``anchors`` (M,) of one sequence."""
+    return batch_loss(drafter, [seq], [anchors], weights)
+
+
 def sample_anchors(seq: Sequence, count: int, generator: torch.Generator) -> torch.Tensor:
-    """Up to ``count`` distinct roots in the generated part (a root needs one later target)."""
+    """``count`` roots in the generated part (a root needs one later target): distinct while
+    the part has that many, the rest drawn again from it. Sorted, (count,) int64."""
     first, last = seq.prompt_len, len(seq.tokens) - 1
     span = last - first + 1
     picks = torch.randperm(span, generator=generator)[:count]
+    if len(picks) < count:
+        picks = torch.cat([picks, torch.randint(span, (count - len(picks),), generator=generator)])
     return (first + picks).sort().values
 
 
@@ -172,7 +216,7 @@ def save_train_state(out: Path, drafter: DFlashDrafter, opt: torch.optim.Optimiz
     from safetensors.torch import save_file
 
     names = {p: n for n, p in drafter.named_parameters()}
-    tensors = {f"model.{n}": p.detach().clone() for n, p in drafter.named_parameters()}
+    tensors = {f"model.{n}": t.detach().clone() for n, t in drafter.state_dict().items()}
     for p, st in opt.state.items():
         for key, value in st.items():
             tensors[f"adam.{key}.{names[p]}"] = value.detach().clone().reshape(value.shape)
@@ -190,9 +234,7 @@ def load_train_state(out: Path, drafter: DFlashDrafter, opt: torch.optim.Optimiz
     meta = json.loads((out / "train_state.json").read_text())
     tensors = load_file(out / "train_state.safetensors")
     params = dict(drafter.named_parameters())
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(tensors[f"model.{n}"])
+    drafter.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     for key, value in tensors.items():
         if key.startswith("adam."):
             _, slot, name = key.split(".", 2)
@@ -204,19 +246,20 @@ def load_train_state(out: Path, drafter: DFlashDrafter, opt: torch.optim.Optimiz
 
 
 @torch.no_grad()
-def evaluate(drafter: DFlashDrafter, seqs: list[Sequence], tree_budget: int = 16, tree_width: int = 8, chunk: int = 64) -> dict:
+def evaluate(drafter: DFlashDrafter, seqs: list[Sequence], tree_budgets: tuple[int, ...] = (16, 32), tree_width: int = 8,
+             chunk: int = 64) -> dict:
     """Held-out acceptance, walked against the target's greedy output.
 
     Rounds start at the first generated token and advance by the tokens each round commits
     (accepted + 1), as the engine's loop does; a round whose block would run past the sequence's
-    end is not counted. ``dflash``: the drafter's argmax path; ``tree``: the best-first tree of
-    ``tree_budget`` nodes over the top-``tree_width`` candidates per position
+    end is not counted. ``dflash``: the drafter's argmax path; ``tree<n>``: the best-first tree
+    of ``n`` nodes (each of ``tree_budgets``) over the top-``tree_width`` candidates per position
     (``bastion_ext.reference.expand_ref``). Also the unconditional top-1 match rate per position.
     """
     from bastion_ext.reference import expand_ref
 
     gamma, device = drafter.block_size, drafter.fc.weight.device
-    path_rounds, tree_rounds = [], []
+    rounds_of = {"path": [], **{n: [] for n in tree_budgets}}
     hits, counts = torch.zeros(gamma - 1), torch.zeros(gamma - 1)
     for seq in seqs:
         last_root = len(seq.tokens) - gamma + 1  # roots whose whole block has a true target
@@ -228,19 +271,19 @@ def evaluate(drafter: DFlashDrafter, seqs: list[Sequence], tree_budget: int = 16
                                   seq.tokens[None].to(device), part[None].to(device))[0].cpu()
             for part in anchors.split(chunk)
         ])
-        labels = block_labels(seq, anchors, gamma)
+        labels = drafter.to_draft_ids(block_labels(seq, anchors, gamma))
         match = logits.argmax(-1) == labels
         hits += match.float().sum(0)
         counts += len(anchors)
         leading = match.int().cumprod(1).sum(1)
         logq, cand = logits.log_softmax(-1).topk(tree_width, dim=-1)
-        for walk, rounds in (("path", path_rounds), ("tree", tree_rounds)):
+        for walk, rounds in rounds_of.items():
             i = 0
             while i < len(anchors):
                 if walk == "path":
                     accepted = int(leading[i])
                 else:
-                    tree = expand_ref(cand[i].tolist(), logq[i].tolist(), tree_budget)
+                    tree = expand_ref(cand[i].tolist(), logq[i].tolist(), walk)
                     accepted, node = 0, -1
                     while True:
                         want = int(labels[i, accepted]) if accepted < gamma - 1 else None
@@ -250,12 +293,12 @@ def evaluate(drafter: DFlashDrafter, seqs: list[Sequence], tree_budget: int = 16
                         node, accepted = child, accepted + 1
                 rounds.append(accepted + 1)
                 i += accepted + 1
+    path_rounds = rounds_of.pop("path")
     return {
         "sequences": len(seqs),
         "dflash_mean_tokens_per_round": sum(path_rounds) / max(1, len(path_rounds)),
         "dflash_rounds": len(path_rounds),
-        f"tree{tree_budget}_mean_tokens_per_round": sum(tree_rounds) / max(1, len(tree_rounds)),
-        "tree_budget": tree_budget,
+        **{f"tree{n}_mean_tokens_per_round": sum(r) / max(1, len(r)) for n, r in rounds_of.items()},
         "tree_width": tree_width,
         "top1_match_rate_by_position": [round(float(x), 4) for x in hits / counts.clamp(min=1)],
     }
@@ -265,27 +308,38 @@ def evaluate(drafter: DFlashDrafter, seqs: list[Sequence], tree_budget: int = 16
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bastion.dtypes import CHOICES as DTYPES
+    from bastion.weights import DEFAULT_DRAFTER_DIR
+
     p = argparse.ArgumentParser(prog="bastion train-drafter", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="work directory: data, resumable training state, final drafter")
+    p.add_argument("--out", required=True, help="work directory: generation chunks, resumable training state, final drafter")
     p.add_argument("--target", default=None, help="target model path (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="target dtype and training autocast (auto: bf16 where fast)")
+    p.add_argument("--data-dir", default=str(DEFAULT_DRAFTER_DIR), help="where the {train,eval}_tokens/ chunks are read or written")
+    p.add_argument("--stop-after", choices=("data", "train"), default=None, help="stop after this stage")
+    p.add_argument("--gen-minutes", type=float, default=None, help="start no new generation chunk after this many minutes (train on what is done)")
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--block-size", type=int, default=8)
     p.add_argument("--layers", type=int, default=2, help="drafter decoder layers")
+    p.add_argument("--draft-vocab", type=int, default=16384, help="reduced draft vocabulary of N tokens (most frequent in the data, then lowest ids; 0: all)")
     p.add_argument("--target-layer-ids", default=",".join(map(str, DEFAULT_LAYER_IDS)), help="comma-separated 0-based target layers")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="length of each greedy continuation")
-    p.add_argument("--gen-batch", type=int, default=20)
+    p.add_argument("--max-new-tokens", type=int, default=384, help="length cap of each greedy continuation")
+    p.add_argument("--gen-batch", type=int, default=64)
     p.add_argument("--max-train-prompts", type=int, default=None)
     p.add_argument("--max-eval-prompts", type=int, default=None)
-    p.add_argument("--anchors", type=int, default=24, help="roots per sequence per step")
-    p.add_argument("--seqs-per-step", type=int, default=2)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--decay", type=float, default=0.8, help="loss weight decay per block position")
-    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--anchors", type=int, default=32, help="roots per sequence per step")
+    p.add_argument("--seqs-per-step", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--decay", type=float, default=0.85, help="loss weight decay per block position")
+    p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--export", default=None, help="also copy the final config.json + model.safetensors here")
+    p.add_argument("--eval-limit", type=int, default=None, help="with --evaluate: only the first N held-out sequences")
+    p.add_argument("--evaluate", default=None, metavar="DRAFTER_DIR",
+                   help="only score this drafter directory ('default': the committed one) on the held-out split")
     return p
 
 
@@ -294,6 +348,7 @@ def train_drafter(args: argparse.Namespace) -> dict:
     the evaluation summary (also written to ``<out>/eval.json``)."""
     from tqdm import tqdm
 
+    from bastion.dtypes import resolve_dtype
     from bastion.models import load_target
 
     if args.steps < 0 or args.block_size < 2 or args.layers < 1:
@@ -303,30 +358,38 @@ def train_drafter(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     layer_ids = [int(x) for x in args.target_layer_ids.split(",")]
-    target, tokenizer = load_target(args.target, dtype=torch.float32, device=args.device)
+    dtype = resolve_dtype(args.dtype, args.device)
+    target, tokenizer = load_target(args.target, dtype=dtype, device=args.device)
     target.requires_grad_(False)
     if max(layer_ids) >= target.config.num_hidden_layers:
         raise ValueError(f"--target-layer-ids {layer_ids} exceed the target's {target.config.num_hidden_layers} layers")
 
-    data = {}
-    for split, limit in (("train", args.max_train_prompts), ("eval", args.max_eval_prompts)):
-        path = out / f"data_{split}.safetensors"
-        if not path.is_file():
-            prompts = [r["prompt"] for r in load_prompts(split)][:limit]
-            t0 = time.perf_counter()
-            seqs = generate_sequences(target, tokenizer, prompts, layer_ids, args.max_new_tokens, args.gen_batch, f"data {split}")
-            save_sequences(path, seqs)
-            print(f"{split}: {len(seqs)} sequences, {sum(len(s.tokens) - s.prompt_len for s in seqs)} generated tokens "
-                  f"in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        data[split] = load_sequences(path)
+    deadline = time.time() + 60 * args.gen_minutes if args.gen_minutes is not None else None
+    if args.evaluate:
+        # Only the held-out split: score an existing drafter (e.g. the committed one) on it.
+        drafter = load_drafter(None if args.evaluate == "default" else args.evaluate, target)
+        eval_seqs = split_sequences("eval", target, tokenizer, args, drafter.target_layer_ids, deadline)
+        eval_seqs = eval_seqs[:args.eval_limit]
+        summary = {"drafter": args.evaluate, "dtype": str(dtype), **evaluate(drafter, eval_seqs)}
+        name = Path(args.evaluate).name if args.evaluate != "default" else "default"
+        (out / f"eval_{name}_{len(eval_seqs)}seqs.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+    data = {split: split_sequences(split, target, tokenizer, args, layer_ids, deadline) for split in ("eval", "train")}
+    if args.stop_after == "data":
+        return {split: {"sequences": len(d), "generated_tokens": sum(len(s.tokens) - s.prompt_len for s in d)} for split, d in data.items()}
 
     torch.manual_seed(args.seed)
     config = drafter_config_for(target, tokenizer, args.layers, args.block_size, layer_ids)
+    vocab = frequent_tokens(data["train"], args.draft_vocab, config.vocab_size) if args.draft_vocab else None
+    if vocab is not None:
+        config = dataclasses.replace(config, draft_vocab_size=len(vocab))
     drafter = DFlashDrafter(config, target.get_input_embeddings(), target.get_output_embeddings()).to(args.device)
+    if vocab is not None:
+        drafter.set_draft_vocab(vocab)
     opt = torch.optim.AdamW(drafter.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     step, losses = load_train_state(out, drafter, opt)
     weights = position_weights(args.block_size, args.decay)
-    train = data["train"]
+    train = [s for s in data["train"] if len(s.tokens) > s.prompt_len + 1]
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
     drafter.train()
     while step < args.steps:
@@ -335,18 +398,16 @@ def train_drafter(args: argparse.Namespace) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         opt.zero_grad()
-        total = 0.0
-        for idx in torch.randint(len(train), (args.seqs_per_step,), generator=gen).tolist():
-            seq = train[idx]
-            loss = sequence_loss(drafter, seq, sample_anchors(seq, args.anchors, gen), weights) / args.seqs_per_step
-            loss.backward()
-            total += loss.item()
+        picks = [train[i] for i in torch.randint(len(train), (args.seqs_per_step,), generator=gen).tolist()]
+        with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = batch_loss(drafter, picks, [sample_anchors(s, args.anchors, gen) for s in picks], weights)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
         opt.step()
         step += 1
-        losses.append(round(total, 4))
+        losses.append(round(loss.item(), 4))
         bar.update(1)
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
         if step % args.save_every == 0 or step == args.steps:
             save_train_state(out, drafter, opt, step, losses)
     bar.close()
@@ -355,10 +416,13 @@ def train_drafter(args: argparse.Namespace) -> dict:
     drafter.save_pretrained(final, dtype=torch.bfloat16)
     if args.export:
         drafter.save_pretrained(args.export, dtype=torch.bfloat16)
+    if args.stop_after == "train":
+        return {"steps": step}
     # Evaluate what ships: the bf16 file loaded back the way the engine loads it.
     shipped = load_drafter(final, target)
     summary = {"steps": step, "final_loss_mean_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
-               "weights_bytes": (final / "model.safetensors").stat().st_size, **evaluate(shipped, data["eval"])}
+               "weights_bytes": (final / "model.safetensors").stat().st_size, "dtype": str(dtype),
+               **evaluate(shipped, data["eval"])}
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -30,6 +30,10 @@ class DFlashConfig:
 
     ``target_layer_ids`` are 0-based target decoder-layer indices: layer ``i``'s output is entry
     ``i + 1`` of a Hugging Face ``hidden_states`` tuple (entry 0 is the embeddings).
+    ``draft_vocab_size``: None to draft over the whole vocabulary; else the drafter scores only
+    that many target tokens (the weight ``draft_vocab_ids`` lists them, as EAGLE-3's reduced
+    draft vocabulary does): the target's lm_head rows of just those tokens, a fraction of the
+    cost on a CPU; a token outside them is never drafted (the round just accepts less).
     """
 
     hidden_size: int
@@ -49,6 +53,7 @@ class DFlashConfig:
     max_position_embeddings: int = 32768
     attention_bias: bool = False
     torch_dtype: str = "bfloat16"
+    draft_vocab_size: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -95,6 +100,7 @@ class DFlashConfig:
             max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),
             attention_bias=bool(cfg.get("attention_bias", False)),
             torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"),
+            draft_vocab_size=int(cfg["draft_vocab_size"]) if cfg.get("draft_vocab_size") else None,
             extra={k: v for k, v in cfg.items() if k.startswith("bastion")},
         )
 
@@ -125,5 +131,7 @@ class DFlashConfig:
             "num_target_layers": self.num_target_layers,
             "dflash_config": {"mask_token_id": self.mask_token_id, "target_layer_ids": list(self.target_layer_ids)},
         }
+        if self.draft_vocab_size is not None:
+            cfg["draft_vocab_size"] = self.draft_vocab_size
         cfg.update(self.extra)
         return cfg

@@ -95,6 +95,13 @@ class DFlashDrafter(nn.Module):
         self.hidden_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config)
         self.target = _TargetHeads(embed_tokens, lm_head)
+        if config.draft_vocab_size is not None:
+            if not 1 <= config.draft_vocab_size <= config.vocab_size:
+                raise ValueError(f"draft_vocab_size must be in [1, vocab_size={config.vocab_size}], got {config.draft_vocab_size}")
+            self.register_buffer("draft_vocab_ids", torch.arange(config.draft_vocab_size))
+        else:
+            self.draft_vocab_ids = None
+        self._head_rows: tuple | None = None  # (key, lm_head rows of draft_vocab_ids): see _head_weight
 
     @property
     def block_size(self) -> int:
@@ -107,6 +114,39 @@ class DFlashDrafter(nn.Module):
     @property
     def feature_size(self) -> int:
         return self.fc.in_features
+
+    @property
+    def draft_vocab_size(self) -> int:
+        """Width of the draft logits: the reduced draft vocabulary, or the target's."""
+        return self.config.draft_vocab_size or self.config.vocab_size
+
+    def set_draft_vocab(self, token_ids: torch.Tensor) -> None:
+        """Fix the reduced draft vocabulary: (draft_vocab_size,) distinct target token ids,
+        increasing (draft index i drafts target token ``token_ids[i]``)."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long)
+        if self.draft_vocab_ids is None or ids.shape != self.draft_vocab_ids.shape:
+            raise ValueError(f"token_ids must have shape ({self.draft_vocab_size},) for this config, got {tuple(ids.shape)}")
+        if len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all()) or int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
+            raise ValueError(f"token_ids must be increasing ids in [0, {self.config.vocab_size})")
+        self.draft_vocab_ids.copy_(ids)
+        self._head_rows = None
+
+    def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Target token ids of draft-vocabulary indices (any shape; negative entries, padding,
+        stay as they are). The identity without a reduced draft vocabulary."""
+        if self.draft_vocab_ids is None:
+            return draft_ids
+        ids = self.draft_vocab_ids.to(draft_ids.device)
+        return torch.where(draft_ids >= 0, ids[draft_ids.clamp(min=0)], draft_ids)
+
+    def to_draft_ids(self, target_ids: torch.Tensor, missing: int = -100) -> torch.Tensor:
+        """Draft-vocabulary indices of target token ids; ``missing`` for tokens outside it and
+        for negative entries. The identity without a reduced draft vocabulary."""
+        if self.draft_vocab_ids is None:
+            return target_ids
+        table = torch.full((self.config.vocab_size,), missing, dtype=torch.long, device=target_ids.device)
+        table[self.draft_vocab_ids.to(target_ids.device)] = torch.arange(self.draft_vocab_size, device=target_ids.device)
+        return torch.where(target_ids >= 0, table[target_ids.clamp(min=0)], missing)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -133,12 +173,15 @@ class DFlashDrafter(nn.Module):
             if tensor.shape != expected[name].shape:
                 raise ValueError(f"drafter weight {name!r} has shape {tuple(tensor.shape)}, its config needs {tuple(expected[name].shape)}")
         drafter.load_state_dict(tensors)
-        return drafter.to(device=embed.weight.device, dtype=embed.weight.dtype).eval()
+        drafter = drafter.to(device=embed.weight.device, dtype=embed.weight.dtype).eval()
+        if drafter.draft_vocab_ids is not None:
+            drafter.set_draft_vocab(drafter.draft_vocab_ids.clone())  # validates the stored ids
+        return drafter
 
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16):
         """Write the published layout (config.json + model.safetensors) with weights in ``dtype``."""
         config = dataclasses.replace(self.config, torch_dtype=str(dtype).removeprefix("torch."))
-        return write_checkpoint(path, config, {k: v.to(dtype) for k, v in self.state_dict().items()})
+        return write_checkpoint(path, config, {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.state_dict().items()})
 
     # -- the forward pieces ------------------------------------------------------------------
 
@@ -166,8 +209,24 @@ class DFlashDrafter(nn.Module):
         masks = torch.full((*roots.shape, self.block_size - 1), self.config.mask_token_id, dtype=roots.dtype, device=roots.device)
         return torch.cat([roots[..., None], masks], dim=-1)
 
+    def _head_weight(self) -> torch.Tensor:
+        """(draft_vocab_size, hidden): the target lm_head's rows the drafter scores (gathered
+        once and kept while the lm_head and the draft vocabulary stay the same)."""
+        weight = self.target.lm_head.weight
+        if self.draft_vocab_ids is None:
+            return weight
+        key = (weight.data_ptr(), weight.device, weight.dtype, weight._version, self.draft_vocab_ids._version)
+        if self._head_rows is None or self._head_rows[0] != key:
+            self._head_rows = (key, weight.detach().index_select(0, self.draft_vocab_ids.to(weight.device)))
+        return self._head_rows[1]
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.target.lm_head(hidden.to(self.target.lm_head.weight.dtype)).float()
+        """(..., hidden) -> (..., draft_vocab_size) fp32 logits."""
+        weight = self._head_weight()
+        bias = getattr(self.target.lm_head, "bias", None)
+        if bias is not None and self.draft_vocab_ids is not None:
+            bias = bias.index_select(0, self.draft_vocab_ids.to(bias.device))
+        return torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias).float()
 
     # -- the engine's interface --------------------------------------------------------------
 
@@ -194,7 +253,8 @@ class DFlashDrafter(nn.Module):
 
         root_tokens: (batch,) int64, the last committed token (not yet in the context);
         root_positions: (batch,) int64, its position. Returns draft_logits:
-        (batch, block_size - 1, vocab) fp32, row k predicting the token at root_position + 1 + k.
+        (batch, block_size - 1, draft_vocab_size) fp32, row k predicting the token at
+        root_position + 1 + k; column j is target token ``to_target_ids(j)``.
         """
         if root_tokens.shape != (state.batch_size,) or root_positions.shape != (state.batch_size,):
             raise ValueError(
@@ -213,8 +273,8 @@ class DFlashDrafter(nn.Module):
 
         target_hidden: (batch, S, F) features of a whole sequence; positions, tokens: (batch, S)
         int64; anchors: (batch, M) int64 indices into S of the roots. Block m sees the context
-        of indices < anchors[m] and its own block only. Returns (batch, M, block_size - 1, vocab)
-        fp32 (with gradients when enabled).
+        of indices < anchors[m] and its own block only. Returns (batch, M, block_size - 1,
+        draft_vocab_size) fp32 (with gradients when enabled).
         """
         batch, seq = tokens.shape
         num_blocks, gamma = anchors.shape[1], self.block_size

@@ -3,6 +3,7 @@ one target forward over it -> acceptance walk -> commit the accepted path. Batch
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -100,6 +101,9 @@ def _tree_round(target: TargetCache, drafter, state, plan, sampler: Sampler, roo
     t1 = _now(device)
     args = plan.policy.plan(context)
     tree = tree_ops.build_tree(draft_logits, plan.k, plan.max_nodes, context, **args.kwargs())
+    to_target_ids = getattr(drafter, "to_target_ids", None)  # a reduced draft vocabulary's map
+    if to_target_ids is not None:
+        tree = dataclasses.replace(tree, tokens=to_target_ids(tree.tokens))
     n = int(tree.n_nodes[0])  # the verify forward's length: one host read per round
     tokens = torch.cat([torch.tensor([[root]], device=device), tree.tokens[:, :n]], 1)
     positions = torch.cat([torch.tensor([[context]], device=device), tree.positions[:, :n]], 1)
@@ -122,6 +126,7 @@ def _tree_round(target: TargetCache, drafter, state, plan, sampler: Sampler, roo
     }
     if record_topk:
         logq, cand = torch.log_softmax(draft_logits[0].float(), -1).topk(record_topk, -1)
+        cand = to_target_ids(cand) if to_target_ids is not None else cand
         record["topk_ids"], record["topk_logprobs"] = cand.tolist(), logq.tolist()
     return new, record
 

@@ -1,12 +1,12 @@
-"""Interim main job: build a draft tree from a synthetic draft distribution, print it, and time
-the build (the C++ op against the reference oracle).
+"""Tree building alone (``make demo``): build a draft tree from a synthetic draft
+distribution, print it, and time the build (the C++ op against the reference oracle).
 
-    python -m bastion_ext.demo [--positions 8 --k 4 --max-nodes 48 --policy argmax]
+    python -m bastion.demo [--positions 8 --k 4 --max-nodes 48 --policy argmax]
 
 The draft distribution is peaked on the tokens of a sentence (position p favours word p, with
 a few plausible alternatives and noise), so the printed tree reads like a drafter's guesses.
 Token text comes from the embedded SmolLM2 tokenizer when ``transformers`` and the embedded
-GGUF are present (the engine package ``bastion``); otherwise ids are shown.
+GGUF are present; otherwise ids are shown.
 """
 
 from __future__ import annotations
