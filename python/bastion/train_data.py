@@ -113,7 +113,9 @@ def _messages(row: dict, answers: dict[str, str]) -> list[dict]:
 class LayerTap:
     """Forward hooks that keep the outputs of some decoder layers of a Hugging Face causal LM
     (``model.model.layers[i]``) for every forward call, concatenated along the sequence axis:
-    the drafter's features of every token a ``generate`` call feeds, at no extra forward."""
+    the drafter's features of every token a decoding loop feeds, at no extra forward. They
+    equal ``hidden_states[i + 1]`` except for the last layer, which HF reports after the final
+    norm."""
 
     def __init__(self, model, layer_ids):
         self.layer_ids = list(layer_ids)

@@ -1,10 +1,10 @@
 """``bastion train-drafter``: distil a small DFlash drafter for a target from the target's own
 greedy continuations of the documented prompt sets (``bastion/prompts``).
 
-Steps, each resumable from ``--out``:
-1. data: greedy continuations of the train and eval prompts (chat template), then one
-   teacher-forced forward per sequence recording the selected layers' hidden states and the
-   target's argmax at every position (the token greedy decoding emits there) -> ``data_*.safetensors``;
+Steps, each resumable (``--out`` holds the work; ``--data-dir`` the committed token chunks):
+1. data: greedy continuations of the train and eval prompts (chat template), chunk by chunk
+   (``bastion.train_data``), the selected layers' outputs captured while generating (or
+   recomputed by one teacher-forced forward for chunks generated elsewhere);
 2. training: random roots in the generated part of each sequence; the drafter predicts the
    target's next ``block_size - 1`` argmax tokens from the context features before the root
    and [root, mask ...]; position-weighted cross-entropy; AdamW; state saved to
@@ -65,8 +65,10 @@ def split_sequences(split: str, target, tokenizer, args, layer_ids, deadline: fl
     # Keyed by the layers: features of other layers are never mistaken for these.
     features_dir = Path(args.out) / f"features_{split}_L{'-'.join(map(str, layer_ids))}"
     t0 = time.perf_counter()
+    # Hooks see a layer's raw output; HF reports the last layer's normed, so that one is recomputed.
+    tap = layer_ids if max(layer_ids) < target.config.num_hidden_layers - 1 else None
     parts = generate_token_data(target, tokenizer, rows, args.max_new_tokens, args.gen_batch, Path(args.data_dir) / f"{split}_tokens",
-                                desc=f"data {split}", feature_layers=layer_ids, features_dir=features_dir, deadline=deadline)
+                                desc=f"data {split}", feature_layers=tap, features_dir=features_dir, deadline=deadline)
     print(f"{split}: {sum(len(p) for p in parts)} of {len(rows)} prompts answered, "
           f"{sum(p.generated_tokens for p in parts)} generated tokens ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     seqs: list[Sequence] = []
@@ -98,7 +100,6 @@ def featurize(target, data: TokenData, layer_ids, batch_tokens: int = 4096, desc
     bar = tqdm(total=sum(lengths), desc=desc, unit="tok", unit_scale=True)
     i = 0
     while i < len(order):
-        width = lengths[order[i]]
         group = [order[i]]
         while i + len(group) < len(order) and lengths[order[i + len(group)]] * (len(group) + 1) <= batch_tokens:
             group.append(order[i + len(group)])
