@@ -56,11 +56,6 @@ class TokenData:
         flat = [t for s in sequences for t in s]
         return cls(torch.tensor(flat, dtype=torch.int32), lengths.cumsum(0), torch.tensor(prompt_lens, dtype=torch.int32), list(ids))
 
-    @classmethod
-    def concat(cls, parts: list["TokenData"]) -> "TokenData":
-        seqs = [p.sequence(i).tolist() for p in parts for i in range(len(p))]
-        return cls.from_lists(seqs, [int(x) for p in parts for x in p.prompt_lens], [i for p in parts for i in p.ids])
-
 
 def save_token_data(path: str | os.PathLike, data: TokenData) -> None:
     """safetensors bytes (gzip-compressed when ``path`` ends in .gz), written atomically."""

@@ -102,6 +102,7 @@ class DFlashDrafter(nn.Module):
         else:
             self.draft_vocab_ids = None
         self._head_rows: tuple | None = None  # (key, lm_head rows of draft_vocab_ids): see _head_weight
+        self._draft_index: tuple | None = None  # (key, target id -> draft index table): see to_draft_ids
 
     @property
     def block_size(self) -> int:
@@ -144,8 +145,12 @@ class DFlashDrafter(nn.Module):
         for negative entries. The identity without a reduced draft vocabulary."""
         if self.draft_vocab_ids is None:
             return target_ids
-        table = torch.full((self.config.vocab_size,), missing, dtype=torch.long, device=target_ids.device)
-        table[self.draft_vocab_ids.to(target_ids.device)] = torch.arange(self.draft_vocab_size, device=target_ids.device)
+        key = (target_ids.device, missing, self.draft_vocab_ids._version)
+        if self._draft_index is None or self._draft_index[0] != key:  # built once per vocabulary, not per call
+            table = torch.full((self.config.vocab_size,), missing, dtype=torch.long, device=target_ids.device)
+            table[self.draft_vocab_ids.to(target_ids.device)] = torch.arange(self.draft_vocab_size, device=target_ids.device)
+            self._draft_index = (key, table)
+        table = self._draft_index[1]
         return torch.where(target_ids >= 0, table[target_ids.clamp(min=0)], missing)
 
     # -- checkpoints -------------------------------------------------------------------------
