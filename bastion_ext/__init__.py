@@ -13,6 +13,7 @@ _LAZY = {
     "build_tree": "bastion_ext.ops",
     "verify_greedy": "bastion_ext.ops",
     "verify_sample": "bastion_ext.ops",
+    "compact_kv": "bastion_ext.ops",
     "DraftTree": "bastion_ext.tree",
     "VerifyResult": "bastion_ext.tree",
 }

@@ -231,7 +231,7 @@ def _check_4d(name: str, t: torch.Tensor, batch: int, heads: int | None, head_di
         raise ValueError(f"{name} must have a contiguous last (head_dim) dimension, got strides {t.stride()}")
 
 
-def _pick_blocks(n_rows: int, head_dim: int) -> tuple[int, int, int, int]:
+def _pick_blocks(n_rows: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for ``n_rows`` packed query rows.
 
     128 x 64 tiles, 8 warps, 3 stages were the fastest of the configurations swept on an H200
@@ -365,7 +365,7 @@ def tree_attention(
 
     group = n_q_heads // n_kv_heads
     n_rows = group * n_verify
-    block_m, block_n, num_warps, num_stages = _pick_blocks(n_rows, head_dim)
+    block_m, block_n, num_warps, num_stages = _pick_blocks(n_rows)
     m_blocks = triton.cdiv(n_rows, block_m)
     if num_splits is None:
         num_splits = _pick_num_splits(m_blocks * batch * n_kv_heads, cache_capacity, q.device)

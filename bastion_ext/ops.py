@@ -286,6 +286,31 @@ def verify_sample(
     return out
 
 
+def compact_kv(cache: torch.Tensor, cache_lens: torch.Tensor, accepted_nodes: torch.Tensor, accept_len: torch.Tensor) -> torch.Tensor:
+    """Keep the accepted path's cache entries after a verify forward, in place (docs/ops.md).
+
+    Parameters
+    ----------
+    cache : (G, B, H, L, D) float32, float16 or bfloat16, contiguous
+        Every layer's keys and values stacked on G; the verify forward wrote request b's root
+        at slot ``cache_lens[b]`` and node i at ``cache_lens[b] + 1 + i``.
+    cache_lens : (B,) int64
+        Committed tokens of each request before the verify (the root's slot).
+    accepted_nodes, accept_len : (B, P) int32, (B,) int32
+        A ``VerifyResult``'s path.
+
+    Returns
+    -------
+    cache
+        The same tensor: slots ``cache_lens[b] + 1 .. cache_lens[b] + accept_len[b]`` now hold
+        the path in order. Shapes, dtypes and values are checked by the op (``ValueError``).
+    """
+    for name, t in (("cache", cache), ("cache_lens", cache_lens), ("accepted_nodes", accepted_nodes), ("accept_len", accept_len)):
+        _fail_unless(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    torch.ops.bastion_ext.compact_kv(cache, cache_lens, accepted_nodes, accept_len)
+    return cache
+
+
 # Fakes: shape-only versions for torch.compile / meta tensors. The ops return nothing and
 # mutate their outputs, so a fake only checks what it can see without data.
 @torch.library.register_fake("bastion_ext::build_tree")
@@ -319,3 +344,13 @@ def _verify_sample_fake(tokens, first_child, next_sibling, target_probs, uniform
         tuple(uniforms.shape) == (tokens.shape[0], tokens.shape[1] + 1),
         lambda: f"uniforms must have shape [batch, max_nodes + 1], got {tuple(uniforms.shape)}",
     )
+
+
+@torch.library.register_fake("bastion_ext::compact_kv")
+def _compact_kv_fake(cache, cache_lens, accepted_nodes, accept_len):
+    torch._check(cache.dim() == 5, lambda: f"cache must be 5-D [stacked, batch, kv_heads, slots, head_dim], got shape {tuple(cache.shape)}")
+    batch = cache.shape[1]
+    torch._check(tuple(cache_lens.shape) == (batch,), lambda: f"cache_lens must have shape ({batch},), got {tuple(cache_lens.shape)}")
+    torch._check(accepted_nodes.dim() == 2 and accepted_nodes.shape[0] == batch,
+                 lambda: f"accepted_nodes must have shape ({batch}, *), got {tuple(accepted_nodes.shape)}")
+    torch._check(tuple(accept_len.shape) == (batch,), lambda: f"accept_len must have shape ({batch},), got {tuple(accept_len.shape)}")

@@ -80,6 +80,9 @@ class Policy(ABC):
     def observe_time(self, n_nodes: int, context_len: float, seconds: float, batch: int = 1) -> None:
         """Feed a finished round's measured time (total nodes, mean context length, seconds)."""
 
+    def keep_requests(self, rows: torch.Tensor) -> None:
+        """Keep the per-request state of ``rows`` only (int64 indices): finished requests left."""
+
 
 class Fixed(Policy):
     """DDTree: ``n`` nodes every round (fewer only when the lattice is smaller)."""
@@ -127,6 +130,10 @@ class _CostAware(Policy):
 
     def observe_time(self, n_nodes: int, context_len: float, seconds: float, batch: int = 1) -> None:
         self.latency.observe(n_nodes, context_len, seconds, batch)
+
+    def keep_requests(self, rows: torch.Tensor) -> None:
+        if self.calibrator is not None:
+            self.calibrator.keep(rows.to(self.device))
 
 
 class GreedyStop(_CostAware):

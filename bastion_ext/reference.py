@@ -343,3 +343,17 @@ def ancestor_bits_ref(parents: torch.Tensor) -> torch.Tensor:
     weights = torch.tensor([1 << s for s in range(32)], dtype=torch.int64)
     packed = (padded.view(batch, n, words, 32) * weights).sum(-1)
     return torch.where(packed >= 1 << 31, packed - (1 << 32), packed).to(torch.int32)
+
+
+def compact_kv_ref(cache: torch.Tensor, cache_lens: torch.Tensor, accepted_nodes: torch.Tensor, accept_len: torch.Tensor) -> torch.Tensor:
+    """The cache after ``compact_kv`` (docs/ops.md), entry by entry, as a new tensor.
+
+    cache: (G, B, H, L, D) float; cache_lens: (B,) int64; accepted_nodes: (B, P) int32;
+    accept_len: (B,) int32. Returns (G, B, H, L, D), the input left unchanged.
+    """
+    out = cache.clone()
+    for b in range(cache.shape[1]):
+        start = int(cache_lens[b]) + 1
+        for j in range(int(accept_len[b])):
+            out[:, b, :, start + j] = out[:, b, :, start + int(accepted_nodes[b, j])]
+    return out

@@ -82,6 +82,12 @@ class AcceptCalibrator:
         self._realized.mul_(self.decay).add_(realized.float())
         self._predicted.mul_(self.decay).add_(predicted.float())
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the request slots ``rows`` (int64 indices, in the new order), e.g. when
+        finished requests leave a batch."""
+        self._realized = self._realized.index_select(0, rows)
+        self._predicted = self._predicted.index_select(0, rows)
+
     def reset(self, slots: torch.Tensor) -> None:
         """Forget the history of the slots in ``slots`` ((B,) bool), e.g. when a new request takes them."""
         self._realized.masked_fill_(slots, self.prior)

@@ -1,7 +1,7 @@
 """The draft tree and the verify result as values: fixed-capacity tensors plus helpers.
 
 Field names, shapes and padding values are those of ``docs/ops.md``. Helpers that build
-tensors (``dense_mask``, ``to_4d_additive_mask``, ``cut``) use torch ops only and never sync
+tensors (``dense_mask``, ``verify_visibility``, ``cut``) use torch ops only and never sync
 with the host; the printers (``pretty``, ``__repr__``) read values and are for humans.
 """
 
@@ -89,33 +89,24 @@ class DraftTree:
         """The output tensors by name, in ``docs/ops.md`` order."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "draft_positions"}
 
-    def dense_mask(self) -> torch.Tensor:
-        """(B, N, N) bool: ``[b, i, j]`` iff node j is node i or an ancestor of node i."""
-        j = torch.arange(self.max_nodes, device=self.device)
-        words = self.ancestor_bits[:, :, j // 32]  # (B, N, N): the word holding bit j of row i
+    def dense_mask(self, n: int | None = None) -> torch.Tensor:
+        """(B, n, n) bool over the first n nodes (default N): ``[b, i, j]`` iff node j is node i
+        or an ancestor of node i."""
+        n = self.max_nodes if n is None else n
+        j = torch.arange(n, device=self.device)
+        words = self.ancestor_bits[:, :n, j // 32]  # (B, n, n): the word holding bit j of row i
         return ((words >> (j % 32).to(torch.int32)) & 1).bool()
 
-    def to_4d_additive_mask(self, past_len: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Attention mask for one verify forward over the root and the N nodes.
-
-        Queries are the ``N + 1`` verify tokens (0 = root, i + 1 = node i); keys are
-        ``past_len`` cached tokens followed by the same ``N + 1`` tokens. Everything sees the
-        cache and the root; a node sees its ancestors and itself. Padding nodes see only the
-        cache, the root and themselves, so that no row is fully masked.
-
-        Returns
-        -------
-        mask : (B, 1, N + 1, past_len + N + 1) ``dtype``
-            0 where attention is allowed, the dtype's minimum elsewhere (Hugging Face style).
-        """
-        batch, n = self.batch_size, self.max_nodes
-        allowed = torch.zeros((batch, n + 1, past_len + n + 1), dtype=torch.bool, device=self.device)
-        allowed[:, :, : past_len + 1] = True
-        eye = torch.eye(n, dtype=torch.bool, device=self.device)
-        allowed[:, 1:, past_len + 1 :] = self.dense_mask() | eye
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        return mask.unsqueeze(1)
+    def verify_visibility(self, n: int) -> torch.Tensor:
+        """(B, n + 1, n + 1) bool over the verify tokens [root, node 0 .. n - 1]: ``[b, i, j]``
+        iff verify token i sees verify token j. Everything sees the root; the root sees only
+        itself; a node sees its ancestors and itself; a padding node (past ``n_nodes``) sees the
+        root and itself, so that no row is empty. (The committed context is visible to all.)"""
+        batch = self.batch_size
+        sees = torch.zeros((batch, n + 1, n + 1), dtype=torch.bool, device=self.device)
+        sees[:, :, 0] = True
+        sees[:, 1:, 1:] = self.dense_mask(n) | torch.eye(n, dtype=torch.bool, device=self.device)
+        return sees
 
     def cut(self, n_nodes: torch.Tensor) -> DraftTree:
         """The trees cut to ``n_nodes`` (B,) int32 nodes each (clamped to the current counts).

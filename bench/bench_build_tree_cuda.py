@@ -1,4 +1,5 @@
-"""GPU microbenchmark of build_tree (and verify_greedy): ours, the host-heap pipeline, the floor.
+"""GPU microbenchmark of build_tree: ours, the host-heap pipeline, the floor (the walks and
+compact_kv: bench/bench_verify.py).
 
 One run prints, side by side per configuration:
 - ours: torch.ops.bastion_ext.build_tree, timed as CUDA-graph replays (10 calls per graph,
@@ -9,7 +10,7 @@ One run prints, side by side per configuration:
 - floor: one read of the logits at the device's measured copy bandwidth;
 - N=1: ours with a one-node tree, i.e. the top-k / log-sum-exp scan and merge alone.
 Grid: B in {1, 8, 32}, P = 16, V in {49152, 151936}, K in {8, 16, 32}, N in {64, 256, 1024},
-bf16 logits, fixed policy with budget N. Also verify_greedy at (B, N) = (1, 1024), (32, 256).
+bf16 logits, fixed policy with budget N.
 
 Usage: python bench/bench_build_tree_cuda.py [--out DIR] [--quick]
 Writes build_tree_cuda.json (device, versions, command, commit, rows) to bench/results/ and,
@@ -33,6 +34,9 @@ import bastion_ext._C  # noqa: F401  (registers torch.ops.bastion_ext.*)
 from bastion_ext.reference import expand_ref
 from bastion_ext.tree import DraftTree
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import time_us  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CALLS_PER_GRAPH = 10
 REPLAYS = 30
@@ -40,28 +44,7 @@ REPLAYS = 30
 
 def graph_time_us(fn) -> dict[str, float]:
     """Per-call µs of ``fn`` (median, q20, q80) from CUDA-graph replays timed with events."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS_PER_GRAPH):
-            fn()
-    for _ in range(3):
-        graph.replay()
-    times = []
-    for _ in range(REPLAYS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / CALLS_PER_GRAPH)
-    q = statistics.quantiles(times, n=5)
-    return {"median_us": statistics.median(times), "q20_us": q[0], "q80_us": q[3]}
+    return time_us(fn, "cuda", repeats=REPLAYS, calls_per_graph=CALLS_PER_GRAPH)
 
 
 def copy_bandwidth_bytes_per_s() -> float:
@@ -134,23 +117,6 @@ def bench_build(batch: int, vocab: int, k: int, n: int, positions: int, bandwidt
     return row
 
 
-def bench_verify(batch: int, n: int, positions: int) -> dict:
-    # A chain tree (node i's only child is i + 1) that the target accepts to full depth: the
-    # longest walk a tree of this capacity allows.
-    tokens = torch.arange(n, device="cuda").repeat(batch, 1)
-    first_child = torch.full((batch, n + 1), -1, dtype=torch.int32, device="cuda")
-    first_child[:, :positions] = torch.arange(positions, dtype=torch.int32, device="cuda")
-    next_sibling = torch.full((batch, n), -1, dtype=torch.int32, device="cuda")
-    target = torch.arange(n + 1, device="cuda").repeat(batch, 1)
-    accepted = torch.empty(batch, positions, dtype=torch.int32, device="cuda")
-    accept_len = torch.empty(batch, dtype=torch.int32, device="cuda")
-    bonus = torch.empty(batch, dtype=torch.int64, device="cuda")
-    ours = graph_time_us(lambda: torch.ops.bastion_ext.verify_greedy(
-        tokens, first_child, next_sibling, target, accepted, accept_len, bonus))
-    assert int(accept_len.min()) == positions, "the chain walk must accept every position"
-    return {"op": "verify_greedy", "batch": batch, "max_nodes": n, "positions": positions, "ours": ours}
-
-
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
@@ -188,11 +154,6 @@ def main() -> None:
                     host = f"{row['host_heap_us']:9.0f} {row['host_over_ours']:6.0f}x" if "host_heap_us" in row else f"{'':>9} {'':>7}"
                     print(f"{batch:>3} {vocab:>7} {k:>3} {n:>5} | {o['median_us']:8.1f} ({o['q20_us']:6.1f}-{o['q80_us']:6.1f}) "
                           f"| {row['ours_at_n1']['median_us']:7.1f} | {row['floor_us']:8.2f} | {host}", flush=True)
-    for batch, n in ((1, 1024), (32, 256)):
-        row = bench_verify(batch, n, positions)
-        rows.append(row)
-        print(f"verify_greedy B={batch} N={n} P={positions}: {row['ours']['median_us']:.1f} µs "
-              f"({row['ours']['q20_us']:.1f}-{row['ours']['q80_us']:.1f})")
     result = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,

@@ -230,7 +230,7 @@ def sweep(heads, gen) -> list[dict]:
         for batch, n_nodes, cache_len in SWEEP_SHAPES:
             q, k, v, bits, lens = make_case(batch, n_q_heads, n_kv_heads, head_dim, n_nodes, cache_len, gen)
             for blocks in (None,) + SWEEP_BLOCKS:
-                attention._pick_blocks = picked_blocks if blocks is None else (lambda _rows, _d, b=blocks: b)
+                attention._pick_blocks = picked_blocks if blocks is None else (lambda _rows, b=blocks: b)
                 for splits in (None, 1, 16):
                     res = timed(lambda: tree_attention(q, k, v, None, None, bits, lens, num_splits=splits))
                     rows.append({"B": batch, "N": n_nodes, "L": cache_len, "blocks": blocks, "num_splits": splits, **res})

@@ -28,7 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "python")]
 
-from bastion_ext.latency import ModelSpec, RooflineModel, fit_roofline, measure_device, measure_verify_grid, rmse  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bastion_ext.latency import ModelSpec, RooflineModel, measure_device, measure_verify_grid  # noqa: E402
+from roofline_fit import fit_held_out  # noqa: E402
 
 NS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 CS = (64, 256, 1024)
@@ -58,13 +60,6 @@ def cache_forward(model, vocab_size: int):
     return forward
 
 
-def held_out_mask(n_points_per_c: int, n_cs: int) -> torch.Tensor:
-    """Every third point of the grid in a diagonal pattern, so each n and each c has held-out points."""
-    i = torch.arange(n_points_per_c)[None, :]
-    j = torch.arange(n_cs)[:, None]
-    return ((i + j) % 3 == 0).reshape(-1)
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -87,22 +82,7 @@ def main(argv=None) -> dict:
     load_before = os.getloadavg()
     grid = measure_verify_grid(cache_forward(model, spec.vocab_size), NS, CS, repeats=args.repeats, warmup=1)
     load_after = os.getloadavg()
-    test = held_out_mask(len(NS), len(CS))
-    train = ~test
-    fits = {}
-    for statistic in ("median", "min"):
-        n, c, seconds = grid.points(statistic)
-        fit = fit_roofline(spec, n[train], c[train], seconds[train], start=uncalibrated)
-        before = rmse(uncalibrated, n[test], c[test], seconds[test])
-        after = rmse(fit.model, n[test], c[test], seconds[test])
-        fits[statistic] = {
-            **fit.to_dict(),
-            "held_out_rmse_s": {"uncalibrated": before, "calibrated": after, "reduction": 1.0 - after / before},
-            "points": [
-                {"n": int(n[k]), "c": int(c[k]), "measured_s": float(seconds[k]), "uncalibrated_s": float(u), "calibrated_s": float(f), "held_out": bool(test[k])}
-                for k, (u, f) in enumerate(zip(uncalibrated.forward_seconds(n, c).tolist(), fit.model.forward_seconds(n, c).tolist()))
-            ],
-        }
+    fits = {statistic: fit_held_out(spec, grid, uncalibrated, statistic) for statistic in ("median", "min")}
     primary = fits[args.statistic]
     print(f"{'c':>5} {'n':>3} {'median ms':>10} {'min ms':>8} {'uncal ms':>9} {'cal ms':>8}  split   (calibrated on the {args.statistic})")
     # Both statistics' points come in the same grid order.

@@ -101,8 +101,12 @@ def _bad_gguf(tmp_path):
     (["bench", "--prompts", "/no/such/prompts.jsonl"], "--prompts: cannot read"),
     (["bench", "--prompts", "BAD_PROMPTS"], "bad.jsonl:2: each line needs"),
     (["generate", "hi", "--dtype", "float16"], "invalid choice: 'float16'"),
+    (["generate", "--strategy", "ar"], "give a prompt or --prompts FILE"),
+    (["generate", "hi", "--batch-size", "4"], "--batch-size and --out go with --prompts"),
+    (["generate", "--prompts", "BAD_PROMPTS", "--strategy", "ar"], "bad.jsonl:2: each line needs"),
 ], ids=["missing-model", "corrupt-weights", "missing-drafter", "prompt-too-long", "budget-0", "unknown-strategy",
-        "unknown-category", "missing-prompts", "malformed-prompts", "unknown-dtype"])
+        "unknown-category", "missing-prompts", "malformed-prompts", "unknown-dtype",
+        "no-prompt", "batch-without-file", "generate-malformed-prompts"])
 def test_user_errors_are_one_line_and_exit_2(embedded, capsys, tmp_path, argv, message):
     bad_prompts = tmp_path / "bad.jsonl"
     bad_prompts.write_text('{"prompt": "fine"}\n{"text": "no prompt key"}\n')
@@ -123,6 +127,37 @@ def test_bench_runs_a_users_prompt_file(embedded, tmp_path, capsys):
     rows = json.loads((out / "bench.json").read_text())["rows"]
     assert {(r["strategy"], r["category"], r["prompts"]) for r in rows} == {("ar", "greet", 1), ("ar", "custom", 1), ("ar", "all", 2)}
     assert "greet" in capsys.readouterr().out
+
+
+@pytest.mark.model
+def test_generate_a_prompt_file_in_batches(embedded, drafter_dir, tmp_path):
+    """--prompts FILE --batch-size 2 --out: one object per prompt, in input order, each the
+    tokens a batch-1 run of that prompt gives."""
+    texts = ["Say hi.", "Name a color.", "Count to three."]
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--prompts", str(prompts), "--batch-size", "2", "--out", str(out), "--strategy", "ddtree",
+            "--drafter", drafter_dir, "--max-new-tokens", "5"]
+    assert run_main(argv) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == texts
+    assert all({"prompt", "text", "token_ids", "new_tokens"} <= r.keys() and r["new_tokens"] == len(r["token_ids"]) for r in rows)
+    single = tmp_path / "single.jsonl"
+    assert run_main(argv[:4] + ["1", "--out", str(single)] + argv[7:]) == 0
+    assert [r["token_ids"] for r in rows] == [json.loads(line)["token_ids"] for line in single.read_text().splitlines()]
+
+
+@pytest.mark.model
+def test_bench_batch_sizes(embedded, tmp_path):
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["Say hi.", "Name a color.", "Count to three."]))
+    out = tmp_path / "results"
+    argv = ["bench", "--prompts", str(prompts), "--strategies", "ar", "--batch-sizes", "1,2", "--max-new-tokens", "3", "--out", str(out)]
+    assert run_main(argv) == 0
+    rows = {(r["name"], r["category"]): r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    assert rows[("ar b2", "all")]["batch"] == 2 and rows[("ar b2", "all")]["prompts"] == 3
+    assert rows[("ar b2", "all")]["identical_to_ar"] == 3 and rows[("ar", "all")]["speedup_vs_ar"] == 1.0
 
 
 def test_module_entry_point_reports_user_error_without_traceback():

@@ -139,8 +139,31 @@ def test_state_grows_past_its_capacity(drafter):
     state = drafter.new_state(1)
     for start in range(0, 300, 100):
         drafter.extend(state, features(1, 100, seed=start), torch.arange(start, start + 100)[None])
-    assert state.length == 300
+    assert state.bound == 300 and state.lengths.tolist() == [300]
     assert drafter.draft(state, torch.tensor([1]), torch.tensor([300])).shape == (1, BLOCK - 1, VOCAB)
+
+
+def test_ragged_batch_drafts_as_each_request_alone(drafter):
+    """Requests of different context lengths in one state (extend with counts, then keep a
+    subset of the requests) draft what each would draft alone."""
+    lengths = [5, 9, 2]
+    feats, positions = features(3, 9, seed=7), torch.arange(9).expand(3, 9)
+    state = drafter.new_state(3)
+    drafter.extend(state, feats, positions, counts=torch.tensor(lengths))
+    more = features(3, 4, seed=8)
+    extra = torch.tensor([3, 1, 4])
+    drafter.extend(state, more, torch.tensor(lengths)[:, None] + torch.arange(4), counts=extra)
+    state.set_bound(max(a + b for a, b in zip(lengths, extra.tolist())))
+    roots = torch.tensor([4, 5, 6])
+    where = torch.tensor(lengths) + extra
+    batched = drafter.draft(state, roots, where)
+    for b in range(3):
+        alone = drafter.new_state(1)
+        drafter.extend(alone, feats[b:b + 1, :lengths[b]], positions[b:b + 1, :lengths[b]])
+        drafter.extend(alone, more[b:b + 1, :int(extra[b])], lengths[b] + torch.arange(int(extra[b]))[None])
+        torch.testing.assert_close(batched[b], drafter.draft(alone, roots[b:b + 1], where[b:b + 1])[0], rtol=1e-5, atol=1e-5)
+    state.keep_requests(torch.tensor([2, 0]))
+    torch.testing.assert_close(drafter.draft(state, roots[[2, 0]], where[[2, 0]]), batched[[2, 0]], rtol=1e-5, atol=1e-5)
 
 
 def test_select_features_takes_layer_outputs(tiny_target):

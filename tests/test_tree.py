@@ -30,22 +30,23 @@ def test_cut_checks_its_argument():
         tree.cut(torch.tensor([3], dtype=torch.int32))
 
 
-def test_dense_mask_and_4d_mask():
+def test_dense_mask_and_verify_visibility():
     case = random_case(4)
     tree = ops.build_tree(case.draft_logits, case.k, 40, context_lens=case.context_lens)
     dense = tree.dense_mask()
-    past = 3
-    mask4 = tree.to_4d_additive_mask(past)
-    assert mask4.shape == (tree.batch_size, 1, 41, past + 41)
-    allowed = mask4[:, 0] == 0
+    cut = int(tree.n_nodes.max())
+    sees = tree.verify_visibility(cut)
+    assert sees.shape == (tree.batch_size, cut + 1, cut + 1)
+    assert torch.equal(tree.dense_mask(cut), dense[:, :cut, :cut])
     for b in range(tree.batch_size):
         n = int(tree.n_nodes[b])
         assert torch.equal(dense[b, :n, :n], ancestor_mask_ref(tree.parents[b, :n].tolist()))
         assert not dense[b, n:].any() and not dense[b, :, n:].any()
-        assert allowed[b, :, : past + 1].all(), "everything sees the cache and the root"
-        assert torch.equal(allowed[b, 1 : n + 1, past + 1 : past + 1 + n], dense[b, :n, :n])
-        assert not allowed[b, 0, past + 1 :].any(), "the root sees no tree node"
-    assert mask4.min() == torch.finfo(torch.float32).min
+        assert sees[b, :, 0].all(), "everything sees the root"
+        assert torch.equal(sees[b, 1 : n + 1, 1 : n + 1], dense[b, :n, :n])
+        assert not sees[b, 0, 1:].any(), "the root sees no tree node"
+        padding = sees[b, n + 1 :, 1:]
+        assert torch.equal(padding, torch.eye(cut + 1, dtype=torch.bool)[n + 1 :, 1:]), "padding sees the root and itself"
 
 
 def test_pretty_shows_every_node_with_text_depth_and_probability():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .engine import GenerationConfig, generate
+from .engine import GenerationConfig, generate_batch
 from .models import chat_prompt_ids
 from .prompts import load_prompt_file, load_prompts
 
@@ -45,12 +45,26 @@ def _hf_generate(model, ids: list[int], max_new_tokens: int, eos: int | None, lo
     return out[0, len(ids):].tolist(), seconds
 
 
+def _batch_cell(results, references) -> dict:
+    """One batch's measurements: tokens and rounds summed over its requests, its wall time."""
+    rounds = sum(len(r.rounds) for r in results)
+    return {
+        "prompts": len(results),
+        "new_tokens": sum(len(r.tokens) for r in results),
+        "seconds": results[0].total_s,
+        "rounds": rounds,
+        "mean_accept_len": sum(r.mean_accept_len * len(r.rounds) for r in results) / rounds if rounds else 0.0,
+        "mean_tree_size": sum(r.mean_tree_size * len(r.rounds) for r in results) / rounds if rounds else 0.0,
+        "identical_to_ar": sum(r.tokens == ref for r, ref in zip(results, references)),
+    }
+
+
 def _aggregate(cells: list[dict]) -> dict:
     tokens = sum(c["new_tokens"] for c in cells)
     seconds = sum(c["seconds"] for c in cells)
     rounds = sum(c["rounds"] for c in cells)
     return {
-        "prompts": len(cells),
+        "prompts": sum(c["prompts"] for c in cells),
         "new_tokens": tokens,
         "seconds": seconds,
         "tokens_per_s": tokens / seconds,
@@ -88,43 +102,53 @@ def run_bench(args) -> int:
         latency = load_or_calibrate(model, drafter, args.latency, log=lambda m: print(m, file=sys.stderr))
     prompts = [row for c in categories for row in [r for r in rows if r["category"] == c][: args.prompts_per_category]]
     runs = _runs(strategies, budgets)
+    batch_sizes = int_list(args.batch_sizes, "--batch-sizes")
     hf = [("hf_generate", False), ("hf_prompt_lookup", True)] if args.hf_baselines else []
     eos = tokenizer.eos_token_id
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    # Batches are formed within a category, in prompt order, so that every cell has one category.
+    chunks = [(batch, c, group[i:i + batch]) for batch in batch_sizes for c in categories
+              for group in [[r for r in prompts if r["category"] == c]] for i in range(0, len(group), batch)]
     cells: dict[tuple[str, str], list[dict]] = {}
     records = []
-    progress = tqdm(total=len(prompts) * (len(runs) + len(hf)), desc="bench", unit="run")
-    for row in prompts:
-        ids = chat_prompt_ids(tokenizer, row["prompt"])
-        reference = None
+    names: list[str] = []
+    progress = tqdm(total=sum(len(runs) + (len(hf) * len(chunk) if batch == 1 else 0) for batch, _, chunk in chunks), desc="bench", unit="run")
+    for batch, category, chunk in chunks:
+        ids = [chat_prompt_ids(tokenizer, row["prompt"]) for row in chunk]
+        references = None
         for name, strategy, budget in runs:
             config = GenerationConfig(strategy=strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                       top_p=args.top_p, seed=args.seed, budget=budget, topk=args.topk,
                                       record_topk=args.topk if strategy != "ar" else 0)
-            result = generate(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=(eos,))
-            reference = result.tokens if strategy == "ar" else reference
-            cell = dict(result.summary(), identical_to_ar=result.tokens == reference)
-            cells.setdefault((name, row["category"]), []).append(cell)
-            records += [dict(r, strategy=name, category=row["category"], prompt_id=row["id"]) for r in result.rounds]
+            results = generate_batch(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=(eos,))
+            references = [r.tokens for r in results] if strategy == "ar" else references
+            row_name = name if batch == 1 else f"{name} b{batch}"
+            names += [row_name] if row_name not in names else []
+            cells.setdefault((row_name, category), []).append(_batch_cell(results, references))
+            records += [dict(r, strategy=name, batch=batch, category=category, prompt_id=row["id"])
+                        for row, result in zip(chunk, results) for r in result.rounds]
             progress.update()
-        for name, lookup in hf:
-            tokens, seconds = _hf_generate(model, ids, args.max_new_tokens, eos, lookup)
-            cell = {"new_tokens": len(tokens), "seconds": seconds, "tokens_per_s": len(tokens) / seconds, "rounds": 0,
-                    "mean_accept_len": 0.0, "mean_tree_size": 0.0, "identical_to_ar": tokens == reference}
-            cells.setdefault((name, row["category"]), []).append(cell)
-            progress.update()
+        for name, lookup in hf if batch == 1 else []:
+            names += [name] if name not in names else []
+            for prompt_ids, reference in zip(ids, references):
+                tokens, seconds = _hf_generate(model, prompt_ids, args.max_new_tokens, eos, lookup)
+                cell = {"prompts": 1, "new_tokens": len(tokens), "seconds": seconds, "rounds": 0,
+                        "mean_accept_len": 0.0, "mean_tree_size": 0.0, "identical_to_ar": int(tokens == reference)}
+                cells.setdefault((name, category), []).append(cell)
+                progress.update()
     progress.close()
 
-    names = [r[0] for r in runs] + [h[0] for h in hf]
     table = {}
     for name in names:
         for cat in categories + ["all"]:
             group = [c for (n, k), cs in cells.items() if n == name and (cat == "all" or k == cat) for c in cs]
             table[(name, cat)] = _aggregate(group)
+    # Speedups are over single-stream ar when it ran, else over ar at the smallest batch size.
+    ar_name = "ar" if 1 in batch_sizes else f"ar b{min(batch_sizes)}"
     for (name, cat), agg in table.items():
-        agg["speedup_vs_ar"] = agg["tokens_per_s"] / table[("ar", cat)]["tokens_per_s"]
+        agg["speedup_vs_ar"] = agg["tokens_per_s"] / table[(ar_name, cat)]["tokens_per_s"]
 
     print(format_table(table, names, categories + ["all"]))
     meta = {
@@ -132,9 +156,11 @@ def run_bench(args) -> int:
         "device": torch.cuda.get_device_name() if model.device.type == "cuda" else f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads",
         "torch": torch.__version__, "python": platform.python_version(), "dtype": str(model.dtype).removeprefix("torch."),
         "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "topk": args.topk,
+        "batch_sizes": batch_sizes, "speedup_baseline": ar_name,
         "prompts": [r["id"] for r in prompts],
     }
-    rows = [dict(strategy=n, category=c, **v) for (n, c), v in table.items()]
+    rows = [dict(strategy=n.split(" b")[0], batch=int(n.split(" b")[1]) if " b" in n else 1, name=n, category=c, **v)
+            for (n, c), v in table.items()]
     (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     with open(out_dir / "rounds.jsonl", "w", encoding="utf-8") as f:
         for r in records:
@@ -146,12 +172,12 @@ def run_bench(args) -> int:
 
 def format_table(table: dict, names: list[str], categories: list[str]) -> str:
     """Fixed-width text: one row per (strategy, category)."""
-    head = f"{'strategy':<18}{'category':<9}{'tok/s':>8}{'vs ar':>8}{'acc.len':>9}{'tree':>7}{'same as ar':>12}"
+    head = f"{'strategy':<22}{'category':<9}{'tok/s':>8}{'vs ar':>8}{'acc.len':>9}{'tree':>7}{'same as ar':>12}"
     lines = [head, "-" * len(head)]
     for name in names:
         for cat in categories:
             a = table[(name, cat)]
-            lines.append(f"{name:<18}{cat:<9}{a['tokens_per_s']:>8.2f}{a['speedup_vs_ar']:>7.2f}x"
+            lines.append(f"{name:<22}{cat:<9}{a['tokens_per_s']:>8.2f}{a['speedup_vs_ar']:>7.2f}x"
                          f"{a['mean_accept_len']:>9.2f}{a['mean_tree_size']:>7.1f}{a['identical_to_ar']:>8}/{a['prompts']:<3}")
     return "\n".join(lines)
 
@@ -177,7 +203,8 @@ def plot(table: dict, budgets: list[int], path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tree size (nodes per round)")
     ax.set_ylabel("speedup over ar (tokens/s)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -50,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bastion", description="Budget-aware draft-tree speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate text from a prompt, streaming it")
-    g.add_argument("prompt")
+    g = sub.add_parser("generate", help="generate text from a prompt (streaming it) or from a file of prompts")
+    g.add_argument("prompt", nargs="?", help="the prompt (or --prompts FILE)")
+    g.add_argument("--prompts", default=None, help="JSONL file, one object per line with \"prompt\": decode them all, in batches")
+    g.add_argument("--batch-size", type=positive_int, default=1, help="with --prompts: requests decoded together (default 1)")
+    g.add_argument("--out", default=None, help="with --prompts: write one JSON object per prompt here, in input order (default stdout)")
     g.add_argument("--strategy", choices=STRATEGIES, default="bastion")
     g.add_argument("--budget", type=positive_int, default=None, help="ddtree: nodes per tree; caddtree/bastion: the cap")
     g.add_argument("--compare", action="store_true", help="also run `ar` and print the measured speedup")
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts", default=None, help="JSONL file, one object per line: prompt, optional category (default: the eval set)")
     b.add_argument("--categories", default=None, help="comma-separated categories to run (default: all in the prompt set)")
     b.add_argument("--prompts-per-category", type=positive_int, default=3)
+    b.add_argument("--batch-sizes", default="1", help="requests decoded together, comma-separated (default 1)")
     b.add_argument("--hf-baselines", action="store_true", help="also time transformers generate() and its prompt lookup")
     b.add_argument("--out", default="bench/results", help="directory for bench.json, bench.png and records")
     add_model_args(b)
@@ -92,19 +96,61 @@ def format_summary(name: str, summary: dict) -> str:
     return line
 
 
-def cmd_generate(args) -> int:
+def _generate_file(args, model, tokenizer, drafter, latency, config, eos) -> int:
+    """``generate --prompts FILE``: every prompt, ``--batch-size`` at a time, one JSON object
+    per prompt (in input order) to ``--out`` or stdout; a summary per batch on stderr."""
+    from .engine import generate_batch
+    from .prompts import load_prompt_file
+
+    try:
+        rows = load_prompt_file(args.prompts)
+    except OSError as err:
+        raise UserError(f"--prompts: cannot read {args.prompts!r}: {err.strerror or err}") from None
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        for start in range(0, len(rows), args.batch_size):
+            chunk = rows[start:start + args.batch_size]
+            ids = [_prompt_ids(args, tokenizer, row["prompt"]) for row in chunk]
+            results = generate_batch(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=eos)
+            for row, result in zip(chunk, results):
+                out.write(json.dumps({"id": row["id"], "prompt": row["prompt"], "text": tokenizer.decode(result.tokens, skip_special_tokens=True),
+                                      "token_ids": result.tokens, "new_tokens": len(result.tokens), "rounds": len(result.rounds),
+                                      "mean_accept_len": result.mean_accept_len, "batch_seconds": result.total_s}) + "\n")
+            out.flush()
+            tokens = sum(len(r.tokens) for r in results)
+            print(f"[{args.strategy}] prompts {start + 1}-{start + len(chunk)} of {len(rows)}: {tokens} tokens in "
+                  f"{results[0].total_s:.2f} s = {tokens / results[0].total_s:.2f} tokens/s (batch {len(chunk)})", file=sys.stderr)
+    finally:
+        if args.out:
+            out.close()
+    return 0
+
+
+def _prompt_ids(args, tokenizer, text: str) -> list[int]:
     from .models import chat_prompt_ids
+
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if args.no_chat_template else chat_prompt_ids(tokenizer, text)
+
+
+def cmd_generate(args) -> int:
     from .calibrate import load_or_calibrate
     from .engine import GenerationConfig, generate
 
+    if (args.prompt is None) == (args.prompts is None):
+        raise UserError("give a prompt or --prompts FILE (one of them)")
+    if args.prompts is None and (args.batch_size != 1 or args.out):
+        raise UserError("--batch-size and --out go with --prompts FILE")
     model, tokenizer, drafter = load_models(args, need_drafter=args.strategy != "ar")
-    ids = tokenizer(args.prompt, add_special_tokens=False)["input_ids"] if args.no_chat_template else chat_prompt_ids(tokenizer, args.prompt)
     latency = None
     if args.strategy in ("caddtree", "bastion"):
         latency = load_or_calibrate(model, drafter, args.latency, log=lambda m: print(m, file=sys.stderr))
     config = GenerationConfig(strategy=args.strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, seed=args.seed, budget=args.budget, topk=args.topk,
                               record_topk=8 if args.records else 0)
+    eos = tuple(t for t in [tokenizer.eos_token_id] if t is not None)
+    if args.prompts is not None:
+        return _generate_file(args, model, tokenizer, drafter, latency, config, eos)
+    ids = _prompt_ids(args, tokenizer, args.prompt)
     streamed: list[int] = []
     printed = [0]
 
@@ -117,7 +163,6 @@ def cmd_generate(args) -> int:
             sys.stdout.flush()
             printed[0] = len(text)
 
-    eos = tuple(t for t in [tokenizer.eos_token_id] if t is not None)
     result = generate(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=eos, on_tokens=stream)
     sys.stdout.write(tokenizer.decode(streamed, skip_special_tokens=True)[printed[0]:] + "\n")
     print(format_summary(args.strategy, result.summary()))

@@ -25,19 +25,26 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def load_target(path: str | os.PathLike | None = None, dtype=None, device: str = "cpu", attn_implementation: str = "sdpa"):
+def load_target(path: str | os.PathLike | None = None, dtype=None, device: str = "cpu", attn_implementation: str | None = None):
     """Load a causal LM and its tokenizer, offline.
 
     path: a directory with config.json + safetensors, a ``.gguf`` file, or None for the
     embedded SmolLM2-135M-Instruct. dtype: torch dtype of the weights (fp32 by default on
-    the CPU, bf16 on CUDA). Returns (model in eval mode, tokenizer).
+    the CPU, bf16 on CUDA). attn_implementation: default ``bastion_tree`` on CUDA (tree
+    verifies through the Triton kernel, everything else through SDPA), ``sdpa`` on the CPU.
+    Returns (model in eval mode, tokenizer).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    on_cuda = str(device).startswith("cuda")
     if dtype is None:
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        dtype = torch.bfloat16 if on_cuda else torch.float32
+    if attn_implementation is None:
+        attn_implementation = "bastion_tree" if on_cuda else "sdpa"
+    if attn_implementation == "bastion_tree":
+        from . import hf_attention  # noqa: F401  (registers the implementation with transformers)
     path = Path(path) if path is not None else embedded_gguf_path()
     if not path.exists():
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")

@@ -47,10 +47,12 @@ class _TargetHeads:
 
 
 class DrafterState:
-    """Context keys/values of every drafter layer for one batch of sequences of equal length.
+    """Context keys/values of every drafter layer for a batch of sequences.
 
-    keys/values: (num_layers, batch, kv_heads, capacity, head_dim); the first ``length``
-    positions are filled. Capacity doubles when full.
+    keys/values: (num_layers, batch, kv_heads, capacity, head_dim); request ``b`` fills its
+    first ``lengths[b]`` slots ((batch,) int64 on the device). ``bound`` (a host int) is at
+    least every length: attention reads that many slots, a mask hiding each request's slots
+    past its own length once the lengths have differed. Capacity doubles when full.
     """
 
     def __init__(self, config: DFlashConfig, batch_size: int, dtype: torch.dtype, device, capacity: int = 256):
@@ -59,28 +61,55 @@ class DrafterState:
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, capacity, config.head_dim)
         self.keys = torch.empty(shape, dtype=dtype, device=device)
         self.values = torch.empty(shape, dtype=dtype, device=device)
-        self.length = 0
+        self.lengths = torch.zeros((batch_size,), dtype=torch.int64, device=device)
+        self.bound = 0
+        self.ragged = False  # whether the lengths may differ from bound (then draft masks)
 
     @property
     def batch_size(self) -> int:
         return self.keys.shape[1]
 
-    def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Add one (keys, values) pair per layer, each (batch, kv_heads, n, head_dim)."""
+    def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]], counts: torch.Tensor | None = None) -> None:
+        """Add one (keys, values) pair per layer, each (batch, kv_heads, n, head_dim), after each
+        request's filled slots; with ``counts`` ((batch,) int64) request b keeps only its first
+        ``counts[b]`` (the rest is written but lies past its length)."""
         n = kv[0][0].shape[2]
-        if self.length + n > self.keys.shape[3]:
-            grown = max(2 * self.keys.shape[3], self.length + n)
+        if self.bound + n > self.keys.shape[3]:
+            grown = max(2 * self.keys.shape[3], self.bound + n)
             pad = list(self.keys.shape)
             pad[3] = grown - pad[3]
             self.keys = torch.cat([self.keys, self.keys.new_empty(pad)], dim=3)
             self.values = torch.cat([self.values, self.values.new_empty(pad)], dim=3)
+        batch, heads, _, head_dim = kv[0][0].shape
+        slots = (self.lengths[:, None] + torch.arange(n, device=self.lengths.device))[:, None, :, None]
+        index = slots.expand(batch, heads, n, head_dim)
         for layer, (k, v) in enumerate(kv):
-            self.keys[layer, :, :, self.length:self.length + n] = k
-            self.values[layer, :, :, self.length:self.length + n] = v
-        self.length += n
+            self.keys[layer].scatter_(2, index, k)
+            self.values[layer].scatter_(2, index, v)
+        self.lengths += n if counts is None else counts
+        self.bound += n
+        self.ragged = self.ragged or counts is not None
+
+    def set_bound(self, longest: int) -> None:
+        """The longest request's length, as the caller knows it (tightens ``bound``)."""
+        self.bound = longest
+
+    def keep_requests(self, rows: torch.Tensor) -> None:
+        """Keep only the requests ``rows`` (int64 indices on the device)."""
+        self.keys, self.values = self.keys.index_select(1, rows), self.values.index_select(1, rows)
+        self.lengths = self.lengths.index_select(0, rows)
 
     def layer_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.keys[layer, :, :, :self.length], self.values[layer, :, :, :self.length]
+        return self.keys[layer, :, :, :self.bound], self.values[layer, :, :, :self.bound]
+
+    def block_mask(self, block: int) -> torch.Tensor | None:
+        """(batch, 1, block, bound + block) bool, True = may attend: each request's own context
+        and the whole block; None while every length equals ``bound``."""
+        if not self.ragged:
+            return None
+        context = torch.arange(self.bound, device=self.lengths.device) < self.lengths[:, None]
+        sees = torch.cat([context, context.new_ones((self.batch_size, block))], dim=1)
+        return sees[:, None, None, :].expand(-1, 1, block, -1)
 
 
 class DFlashDrafter(nn.Module):
@@ -240,17 +269,19 @@ class DFlashDrafter(nn.Module):
         return DrafterState(self.config, batch_size, self.fc.weight.dtype, self.fc.weight.device)
 
     @torch.no_grad()
-    def extend(self, state: DrafterState, target_hidden: torch.Tensor, positions: torch.Tensor) -> None:
+    def extend(self, state: DrafterState, target_hidden: torch.Tensor, positions: torch.Tensor,
+               counts: torch.Tensor | None = None) -> None:
         """Append newly committed tokens to the context.
 
         target_hidden: (batch, n, F) features from ``select_features``; positions: (batch, n)
-        int64 absolute positions of those tokens.
+        int64 absolute positions of those tokens; counts: (batch,) int64, how many of the n
+        request b commits (default all: the rest of its row is padding).
         """
         if target_hidden.dim() != 3 or target_hidden.shape[0] != state.batch_size:
             raise ValueError(f"target_hidden must be (batch={state.batch_size}, n, F), got shape {tuple(target_hidden.shape)}")
         if positions.shape != target_hidden.shape[:2]:
             raise ValueError(f"positions must have shape {tuple(target_hidden.shape[:2])}, got {tuple(positions.shape)}")
-        state.append(self._context_kv(target_hidden, positions))
+        state.append(self._context_kv(target_hidden, positions), counts)
 
     @torch.no_grad()
     def draft(self, state: DrafterState, root_tokens: torch.Tensor, root_positions: torch.Tensor) -> torch.Tensor:
@@ -267,7 +298,8 @@ class DFlashDrafter(nn.Module):
             )
         offsets = torch.arange(self.block_size, device=root_positions.device)
         ctx_kv = [state.layer_kv(i) for i in range(len(self.layers))]
-        hidden = self._run_blocks(self._block_ids(root_tokens), root_positions[:, None] + offsets, ctx_kv, None)
+        hidden = self._run_blocks(self._block_ids(root_tokens), root_positions[:, None] + offsets, ctx_kv,
+                                  state.block_mask(self.block_size))
         return self._logits(hidden[:, 1:])
 
     # -- training and offline evaluation -----------------------------------------------------

@@ -1,20 +1,30 @@
-"""The decoding loop (method.md section 1): prefill, then per round draft -> build the tree ->
-one target forward over it -> acceptance walk -> commit the accepted path. Batch 1."""
+"""The decoding loop (method.md section 1) for a batch of requests: prefill, then per round
+draft -> build every tree -> one target forward over all of them -> acceptance walks ->
+compact the KV cache to the accepted paths.
+
+Every per-round tensor stays on the model's device, and each round reads the device once:
+the node counts of this round's trees together with the tokens the previous round committed
+(its verify width and the host's bookkeeping need nothing else). A request whose output is
+complete is therefore seen one round late: it leaves the batch at that read, before the
+verify, and its tokens past the end are cut.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 
 import torch
+from bastion_ext import ops
+from bastion_ext.latency import RoundTimer
 from bastion_ext.surrogate import surrogate_accept
 
 from ..drafter import select_features
-from . import tree_ops
+from .clock import PhaseClock
 from .sampling import Sampler
 from .strategies import make_plan
 from .target import TargetCache
+from .tree_ops import RoundBuffers, accept
 
 
 @dataclass
@@ -39,7 +49,8 @@ class GenerationConfig:
 
 @dataclass
 class GenerationResult:
-    """New tokens, timings and one record per round (dicts, JSON-ready)."""
+    """One request's new tokens, timings and one record per round (dicts, JSON-ready).
+    ``total_s`` is the whole batch's time (its requests decode together)."""
 
     tokens: list[int]
     prompt_len: int
@@ -73,12 +84,6 @@ class GenerationResult:
         }
 
 
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def check_context(model, prompt_len: int, max_new_tokens: int, draft_positions: int) -> None:
     """ValueError if the prompt plus the generation (and one tree's depth) exceed the model's
     context window."""
@@ -90,111 +95,195 @@ def check_context(model, prompt_len: int, max_new_tokens: int, draft_positions: 
             f"draft positions) exceeds the model's context of {window} tokens")
 
 
-def _tree_round(target: TargetCache, drafter, state, plan, sampler: Sampler, root: int, record_topk: int):
-    """One speculative round from the committed context + ``root``: draft, build, verify,
-    accept, commit the cache and the drafter's context. Returns (the committed new tokens:
-    the accepted path and the bonus, the round's record)."""
-    device = target.device
-    context = target.length  # the root's position
-    t0 = _now(device)
-    draft_logits = drafter.draft(state, torch.tensor([root], device=device), torch.tensor([context], device=device))
-    t1 = _now(device)
-    args = plan.policy.plan(context)
-    tree = tree_ops.build_tree(draft_logits, plan.k, plan.max_nodes, context, **args.kwargs())
-    to_target_ids = getattr(drafter, "to_target_ids", None)  # a reduced draft vocabulary's map
-    if to_target_ids is not None:
-        tree = dataclasses.replace(tree, tokens=to_target_ids(tree.tokens))
-    n = int(tree.n_nodes[0])  # the verify forward's length: one host read per round
-    tokens = torch.cat([torch.tensor([[root]], device=device), tree.tokens[:, :n]], 1)
-    positions = torch.cat([torch.tensor([[context]], device=device), tree.positions[:, :n]], 1)
-    mask = tree_ops.verify_mask(tree, n)
-    t2 = _now(device)
-    logits, hidden = target.verify(tokens, positions, mask)
-    t3 = _now(device)
-    accepted, bonus = tree_ops.accept(tree, n, logits, sampler)
-    keep = torch.tensor([0] + [a + 1 for a in accepted], device=device)  # verify rows: root, path
-    target.commit(keep)
-    drafter.extend(state, select_features(hidden, drafter.target_layer_ids)[:, keep], positions[:, keep])
-    new = tree.tokens[0, accepted].tolist() + [bonus]
-    t4 = _now(device)
-    plan.policy.observe(surrogate_accept(tree.scores, tree.n_nodes), torch.tensor([len(accepted)]))
-    plan.policy.observe_time(n, context, t4 - t0)
-    record = {
-        "context_len": context, "k": plan.k, "max_nodes": plan.max_nodes, "n_nodes": n,
-        "accept_len": len(accepted), "accepted_tokens": new[:-1], "bonus": bonus,
-        "t_draft": t1 - t0, "t_build": t2 - t1, "t_verify": t3 - t2, "t_commit": t4 - t3,
-    }
-    if record_topk:
-        logq, cand = torch.log_softmax(draft_logits[0].float(), -1).topk(record_topk, -1)
-        cand = to_target_ids(cand) if to_target_ids is not None else cand
-        record["topk_ids"], record["topk_logprobs"] = cand.tolist(), logq.tolist()
-    return new, record
+class _Request:
+    """The host's view of one request: what it emitted, whether it is done, its rounds."""
+
+    def __init__(self, index: int, prompt_len: int, config: GenerationConfig, eos: set[int], on_tokens):
+        self.index, self.prompt_len, self.config, self.eos, self.on_tokens = index, prompt_len, config, eos, on_tokens
+        self.emitted: list[int] = []
+        self.generated = 0  # tokens committed by the rounds, before the cut at EOS / the limit
+        self.done = False
+        self.rounds: list[dict] = []
+
+    @property
+    def committed_len(self) -> int:
+        """Tokens in the target's cache: the prompt and everything generated but the newest
+        token (the next round's root)."""
+        return self.prompt_len + self.generated - 1
+
+    def commit(self, new: list[int]) -> None:
+        """Append a round's tokens, cut at EOS / the length limit."""
+        self.generated += len(new)
+        new = new[: self.config.max_new_tokens - len(self.emitted)]
+        stop = next((i for i, t in enumerate(new) if t in self.eos), None)
+        if stop is not None:
+            new = new[: stop + 1]
+        self.emitted.extend(new)
+        if self.on_tokens is not None and new:
+            self.on_tokens(self.index, new)
+        self.done = stop is not None or len(self.emitted) >= self.config.max_new_tokens
+
+
+def _round_tokens(result, tree, positions: int) -> torch.Tensor:
+    """(B, P + 2) int64 of what a round committed: accept_len, the path's tokens (-1 after
+    it), the bonus token; device ops only."""
+    path = result.accepted_nodes.long()
+    tokens = torch.where(path >= 0, tree.tokens.gather(1, path.clamp(min=0)), -1)
+    return torch.cat([result.accept_len.long()[:, None], tokens, result.bonus[:, None]], 1)
+
+
+def _select_rows(tree, rows: torch.Tensor):
+    """The trees of requests ``rows`` only."""
+    return dataclasses.replace(tree, **{name: t.index_select(0, rows) for name, t in tree.tensors().items()})
+
+
+@torch.inference_mode()
+def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, drafter=None, latency=None,
+                   eos_token_ids: tuple[int, ...] = (), on_tokens=None) -> list[GenerationResult]:
+    """Decode every prompt with one strategy, all together; each output is the target's own.
+
+    model: Hugging Face causal LM. prompts: token ids per request (each non-empty).
+    drafter: a DFlash-protocol drafter (``block_size``, ``target_layer_ids``, ``new_state``,
+    ``extend(state, features, positions, counts)``, ``draft``); unused by ``ar``. latency: a
+    ``bastion_ext.latency.LatencyModel`` (``caddtree`` and ``bastion`` need it). on_tokens:
+    called with (request index, new token ids) as tokens are committed (streaming).
+    Returns one result per prompt, in order.
+    """
+    if config.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {config.max_new_tokens}")
+    if not prompts or any(not p for p in prompts):
+        raise ValueError("prompts must hold at least one prompt, and no prompt may be empty")
+    is_ar = config.strategy == "ar"
+    if not is_ar and drafter is None:
+        raise ValueError(f"strategy {config.strategy!r} needs a drafter")
+    device = model.device
+    batch = len(prompts)
+    positions = 0 if is_ar else drafter.block_size - 1
+    plan = make_plan(config.strategy, positions, config.budget, config.topk, latency, batch=batch, device=device)
+    for prompt in prompts:
+        check_context(model, len(prompt), config.max_new_tokens, positions)
+    sampler = Sampler(config.temperature, config.top_p, config.seed, device)
+    eos = set(eos_token_ids) if config.stop_on_eos else set()
+    requests = [_Request(i, len(p), config, eos, on_tokens) for i, p in enumerate(prompts)]
+    max_nodes = 0 if is_ar else plan.max_nodes
+    longest = max(len(p) for p in prompts)
+    target = TargetCache(model, batch, longest + config.max_new_tokens + positions + max_nodes + 2, want_hidden=not is_ar)
+    clock = PhaseClock(device)
+    timer = RoundTimer(device)
+
+    clock.mark("start")
+    logits, hidden = target.prefill(prompts)
+    if not is_ar:
+        state = drafter.new_state(batch)
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        drafter.extend(state, select_features(hidden, drafter.target_layer_ids),
+                       torch.arange(longest, device=device).expand(batch, longest), counts=lengths)
+        state.set_bound(longest)
+        vocab = None if sampler.greedy else logits.shape[-1]
+        buffers = RoundBuffers(batch, max_nodes, positions, device, vocab)
+    roots = sampler.pick(logits)
+    clock.mark("prefill")
+    # What the last round committed, read at the next round's one host read: at first the roots.
+    pending = torch.cat([torch.zeros((batch, 1 + positions), dtype=torch.int64, device=device), roots[:, None]], 1)
+    pending[:, 1:1 + positions] = -1
+    live = list(requests)
+    topk_records = []  # (requests, round records, device top-k) read once after the loop
+    while True:
+        if not is_ar:
+            clock.mark("round")
+            timer.start()
+            draft_logits = drafter.draft(state, roots, target.lengths)
+            clock.mark("draft")
+            args = plan.policy.plan([r.committed_len for r in live])
+            tree = ops.build_tree(draft_logits, plan.k, plan.max_nodes, context_lens=target.lengths,
+                                  out=buffers.tree, validate=False, **args.kwargs())
+            tree = plan.policy.select(tree)
+            if hasattr(drafter, "to_target_ids"):  # a reduced draft vocabulary's map
+                tree = dataclasses.replace(tree, tokens=drafter.to_target_ids(tree.tokens))
+            read = torch.cat([tree.n_nodes.long()[:, None], pending], 1)
+        else:
+            read = pending
+        values = read.tolist()  # the round's one host read
+        for request, row in zip(live, values):
+            committed = row[-2 - positions:]
+            accepted = committed[1:1 + committed[0]]
+            if request.rounds:
+                request.rounds[-1].update(accept_len=committed[0], accepted_tokens=accepted, bonus=committed[-1])
+            request.commit(accepted + [committed[-1]])
+        still = [i for i, r in enumerate(live) if not r.done]
+        if not still:
+            break
+        if len(still) < len(live):
+            rows = torch.tensor(still, device=device)
+            values = [values[i] for i in still]
+            live = [live[i] for i in still]
+            roots = roots.index_select(0, rows)
+            target.keep_requests(rows)
+            if not is_ar:
+                state.keep_requests(rows)
+                plan.policy.keep_requests(rows)
+                tree = _select_rows(tree, rows)
+                draft_logits = draft_logits.index_select(0, rows)
+                buffers = RoundBuffers(len(live), max_nodes, positions, device, vocab)
+        longest = max(r.committed_len for r in live)
+        target.set_bound(longest)
+        if is_ar:
+            roots = sampler.pick(target.step(roots))
+            pending = torch.cat([torch.zeros((len(live), 1), dtype=torch.int64, device=device), roots[:, None]], 1)
+            continue
+
+        state.set_bound(longest)
+        node_counts = [row[0] for row in values]
+        n = max(node_counts)
+        for request, count in zip(live, node_counts):
+            request.rounds.append({"context_len": request.committed_len, "k": plan.k, "max_nodes": plan.max_nodes,
+                                   "n_nodes": count, "clock_round": clock.current_round})
+        clock.mark("build")
+        verify_logits, hidden = target.verify(tree, roots, n)
+        clock.mark("verify")
+        result = accept(tree, n, verify_logits, sampler, buffers)
+        root_positions = target.lengths.clone()
+        target.commit(result.accepted_nodes, result.accept_len)
+        # The drafter's new context: the root and the accepted path, rows of the verify forward.
+        keep = torch.cat([torch.zeros_like(root_positions)[:, None], result.accepted_nodes.long() + 1], 1).clamp(min=0)
+        features = select_features(hidden, drafter.target_layer_ids)
+        features = features.gather(1, keep[..., None].expand(-1, -1, features.shape[-1]))
+        drafter.extend(state, features, root_positions[:, None] + torch.arange(1 + positions, device=device),
+                       counts=1 + result.accept_len.long())
+        pending = _round_tokens(result, tree, positions)
+        roots = result.bonus.clone()
+        plan.policy.observe(surrogate_accept(tree.scores, tree.n_nodes), result.accept_len)
+        clock.mark("commit")
+        timer.stop((sum(node_counts), sum(r.committed_len for r in live) / len(live), len(live)))
+        for (nodes, context, size), seconds in timer.ready():
+            plan.policy.observe_time(nodes, context, seconds, size)
+        if config.record_topk:
+            topk = torch.log_softmax(draft_logits.float(), -1).topk(config.record_topk, -1)
+            topk_records.append(([r.rounds[-1] for r in live], topk))
+
+    times = clock.finish()
+    for records, (logq, cand) in topk_records:
+        cand = drafter.to_target_ids(cand) if hasattr(drafter, "to_target_ids") else cand
+        for record, ids, lp in zip(records, cand.tolist(), logq.tolist()):
+            record["topk_ids"], record["topk_logprobs"] = ids, lp
+    results = []
+    for request, prompt in zip(requests, prompts):
+        # The offline policy replay (bench/replay_policies.py) scores any tree of a round
+        # against the target's true tokens at depths 1..P, which later rounds decided.
+        sequence = list(prompt) + request.emitted
+        for index, record in enumerate(request.rounds):
+            record.update(round=index, **times.round_phases(record.pop("clock_round")))
+            after = sequence[record["context_len"] + 1: record["context_len"] + 1 + positions]
+            record["target_tokens"] = after + [-1] * (positions - len(after))
+        results.append(GenerationResult(request.emitted, request.prompt_len, times.prefill_s, times.total_s, request.rounds))
+    return results
 
 
 def generate(model, prompt_ids: list[int], config: GenerationConfig, drafter=None, latency=None,
              eos_token_ids: tuple[int, ...] = (), on_tokens=None) -> GenerationResult:
-    """Decode from ``prompt_ids`` with one strategy; the output is the target's own.
-
-    model: Hugging Face causal LM. prompt_ids: the prompt's token ids (non-empty).
-    drafter: a DFlash-protocol drafter (``block_size``, ``target_layer_ids``,
-    ``new_state``, ``extend``, ``draft``); unused by ``ar``. latency: a
-    ``bastion_ext.latency.LatencyModel`` (``caddtree`` and ``bastion`` need it). on_tokens: called with each
-    round's new token ids as they are committed (streaming).
-    """
-    if config.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {config.max_new_tokens}")
+    """One request: :func:`generate_batch` of ``[prompt_ids]``. on_tokens: called with each
+    round's new token ids as they are committed (streaming)."""
     if not prompt_ids:
         raise ValueError("prompt_ids must not be empty")
-    is_ar = config.strategy == "ar"
-    if not is_ar and drafter is None:
-        raise ValueError(f"strategy {config.strategy!r} needs a drafter")
-    positions = 0 if is_ar else drafter.block_size - 1
-    plan = make_plan(config.strategy, positions, config.budget, config.topk, latency)
-    check_context(model, len(prompt_ids), config.max_new_tokens, positions)
-    sampler = Sampler(config.temperature, config.top_p, config.seed)
-    eos = set(eos_token_ids) if config.stop_on_eos else set()
-    device = model.device
-    target = TargetCache(model, want_hidden=not is_ar)
-    emitted: list[int] = []
-
-    def commit(new: list[int]) -> bool:
-        """Append new tokens (cut at EOS / the length limit); True when generation is done."""
-        room = config.max_new_tokens - len(emitted)
-        new = new[:room]
-        stop = next((i for i, t in enumerate(new) if t in eos), None)
-        if stop is not None:
-            new = new[: stop + 1]
-        emitted.extend(new)
-        if on_tokens is not None and new:
-            on_tokens(new)
-        return stop is not None or len(emitted) >= config.max_new_tokens
-
-    start = _now(device)
-    logits, hidden = target.prefill(torch.tensor([prompt_ids], dtype=torch.long, device=device))
-    if not is_ar:
-        state = drafter.new_state(1)
-        drafter.extend(state, select_features(hidden, drafter.target_layer_ids),
-                       torch.arange(len(prompt_ids), device=device)[None])
-    root = sampler.pick(logits)
-    result = GenerationResult([], len(prompt_ids), _now(device) - start, 0.0)
-    done = commit([root])
-    while not done:
-        if is_ar:
-            root = sampler.pick(target.step(torch.tensor([[root]], device=device)))
-            done = commit([root])
-            continue
-        new, record = _tree_round(target, drafter, state, plan, sampler, root, config.record_topk)
-        record["round"] = len(result.rounds)
-        result.rounds.append(record)
-        root = new[-1]
-        done = commit(new)
-
-    result.total_s = _now(device) - start
-    result.tokens = emitted
-    # The offline policy replay (bench/replay_policies.py) scores any tree of a round against
-    # the target's true tokens at depths 1..P, which later rounds decided: -1 past the end.
-    sequence = list(prompt_ids) + emitted
-    for record in result.rounds:
-        after = sequence[record["context_len"] + 1: record["context_len"] + 1 + positions]
-        record["target_tokens"] = after + [-1] * (positions - len(after))
-    return result
+    stream = None if on_tokens is None else (lambda _index, new: on_tokens(new))
+    return generate_batch(model, [prompt_ids], config, drafter, latency, eos_token_ids, stream)[0]

@@ -1,5 +1,6 @@
 """Turning target logits into tokens: argmax at temperature 0, otherwise the tempered
-(optionally nucleus-truncated) distribution sampled from a seeded generator."""
+(optionally nucleus-truncated) distribution sampled with uniforms from a seeded generator on
+the model's device."""
 
 from __future__ import annotations
 
@@ -7,23 +8,24 @@ import torch
 
 
 class Sampler:
-    """How the target's next tokens are chosen, shared by every strategy of one run.
+    """How the target's next tokens are chosen, shared by every request of one run.
 
     Parameters
     ----------
     temperature : 0 for greedy decoding, > 0 to sample from softmax(logits / temperature).
     top_p : nucleus mass in (0, 1]; 1 keeps the whole distribution.
     seed : seeds the generator the uniforms come from.
+    device : where the generator lives (the model's device): uniforms never cross to the host.
     """
 
-    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
+    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, device="cpu"):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         self.temperature = temperature
         self.top_p = top_p
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
 
     @property
     def greedy(self) -> bool:
@@ -41,16 +43,22 @@ class Sampler:
             probs = probs / probs.sum(-1, keepdim=True)
         return probs
 
-    def uniforms(self, count: int) -> torch.Tensor:
-        """(count,) fp32 uniforms in [0, 1) from the seeded generator (on the CPU)."""
-        return torch.rand((count,), generator=self.generator)
+    def uniforms(self, shape: tuple[int, ...], out: torch.Tensor | None = None) -> torch.Tensor:
+        """Uniforms in [0, 1) of ``shape`` (fp32, on the generator's device), into ``out`` if given."""
+        if out is None:
+            out = torch.empty(shape, dtype=torch.float32, device=self.generator.device)
+        return out.uniform_(0.0, 1.0, generator=self.generator)
 
-    def pick(self, logits: torch.Tensor) -> int:
-        """One token from logits (1, V): the argmax, or a sample by inverse CDF."""
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token per row of logits (B, V): the argmax, or a sample by inverse CDF.
+        Returns (B,) int64 on the logits' device."""
         if self.greedy:
-            return int(logits[0].argmax())
-        probs = self.probs(logits[0])
-        u = self.uniforms(1).to(probs.device)
-        # The smallest v with cdf(v) > u, as in verify_sample; clamp guards fp32 round-off.
-        v = int(torch.searchsorted(probs.cumsum(0), u, right=True)[0])
-        return min(v, int(probs.nonzero().max()))
+            return logits.argmax(-1)
+        probs = self.probs(logits)
+        u = self.uniforms((probs.shape[0], 1))
+        # The smallest v with cdf(v) > u, as in verify_sample, clamped to the last token of
+        # positive probability (fp32 round-off can leave the cdf's end below u).
+        v = torch.searchsorted(probs.cumsum(-1), u, right=True)[:, 0]
+        vocab = torch.arange(probs.shape[-1], device=probs.device)
+        last_positive = torch.where(probs > 0, vocab, -1).amax(-1)
+        return torch.minimum(v, last_positive)

@@ -29,12 +29,14 @@ class Plan:
 
 
 def make_plan(strategy: str, block_positions: int, budget: int | None = None, k: int = DEFAULT_TOPK,
-              latency=None) -> Plan | None:
+              latency=None, batch: int = 1, device="cpu") -> Plan | None:
     """The per-round plan of a strategy (None for ``ar``).
 
     block_positions: P, the positions one drafter forward predicts. budget: the fixed node
     count of ``ddtree`` or the cap of ``caddtree`` / ``bastion`` (defaults above). latency:
     a ``bastion_ext.latency.LatencyModel`` of this target on this device (cost-aware only).
+    batch: requests decoded together (``bastion`` then allocates one budget across them).
+    device: the model's device, where the policy's tensors live.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -43,12 +45,12 @@ def make_plan(strategy: str, block_positions: int, budget: int | None = None, k:
     if strategy == "ar":
         return None
     if strategy == "dflash":
-        return Plan(1, block_positions, policies.Fixed(block_positions))
+        return Plan(1, block_positions, policies.Fixed(block_positions, device=device))
     if strategy == "ddtree":
         n = budget or DEFAULT_BUDGET
-        return Plan(k, n, policies.Fixed(n))
+        return Plan(k, n, policies.Fixed(n, device=device))
     if latency is None:
         raise ValueError(f"strategy {strategy!r} needs a latency model (run `bastion calibrate`)")
     cap = budget or DEFAULT_CAP
     chooser = policies.GreedyStop if strategy == "caddtree" else policies.Bastion
-    return Plan(k, cap, chooser(latency, cap))
+    return Plan(k, cap, chooser(latency, cap, batch=batch, device=device))

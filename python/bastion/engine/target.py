@@ -1,85 +1,166 @@
-"""The target model behind the decoding loop: a Hugging Face causal LM with a KV cache over
-the committed sequence, one forward per round, and the commit that keeps only the accepted
-path's cache entries."""
+"""The target model behind the decoding loop: a Hugging Face causal LM over a batch of
+requests of different lengths, with a ``RaggedKVCache`` holding exactly the committed tokens.
+
+Three forwards: ``prefill`` (the prompts), ``step`` (one token per request, ``ar``) and
+``verify`` (the root and the tree nodes of every request). A verify sees the tree through one
+mask path: with ``attn_implementation="bastion_tree"`` (``bastion.hf_attention``, on CUDA)
+the Triton tree attention reads the tree's packed ancestor bits; otherwise one additive mask
+is written in place into a buffer allocated once.
+"""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
-from transformers import DynamicCache
+from bastion_ext.tree import DraftTree
+
+from ..hf_attention import ATTN_IMPLEMENTATION, tree_verify_context
+from .kv_cache import RaggedKVCache
+
+
+def _cache_keyword(model) -> str:
+    """The forward's cache argument: ``cache`` in recent transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
 
 
 class TargetCache:
-    """A causal LM plus a ``DynamicCache`` holding exactly the committed tokens (batch 1).
+    """A causal LM plus the KV cache of ``batch`` requests.
 
     Parameters
     ----------
-    model : transformers causal LM (Llama / Qwen families), eval mode.
+    model : transformers causal LM (Llama / Qwen families: logits are the lm_head of the
+        final hidden state), eval mode.
+    batch : requests decoded together.
+    capacity : slots per request (prompt + generation + one verify).
     want_hidden : whether forwards return the per-layer hidden states (a drafter needs them).
+
+    ``lengths`` (device) counts each request's committed tokens; ``bound`` (host) is at least
+    their maximum, kept without reading the device: the engine tightens it with
+    :meth:`set_bound` when it reads the committed tokens.
     """
 
-    def __init__(self, model, want_hidden: bool):
+    def __init__(self, model, batch: int, capacity: int, want_hidden: bool):
         self.model = model
         self.want_hidden = want_hidden
-        self.cache = DynamicCache(config=model.config)
-        self.length = 0  # committed tokens in the cache
+        self.cache = RaggedKVCache(model.config, batch, capacity, model.dtype, model.device)
+        self.bound = 0
+        self._cache_keyword = _cache_keyword(model)
+        self._tree_attention = getattr(model.config, "_attn_implementation", None) == ATTN_IMPLEMENTATION
+        self._verify_mask: torch.Tensor | None = None  # (batch, 1, N + 1, capacity), allocated once
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    @torch.inference_mode()
-    def prefill(self, input_ids: torch.Tensor):
-        """Run the prompt through the model and cache it.
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.cache.lengths
 
-        input_ids: (1, c) int64. Returns (logits (1, V) fp32 of the last position,
-        hidden states: tuple of (1, c, d) per layer, or None).
-        """
-        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True,
-                         output_hidden_states=self.want_hidden, logits_to_keep=1)
-        self.length = input_ids.shape[1]
-        return out.logits[:, -1].float(), out.hidden_states
+    @property
+    def batch_size(self) -> int:
+        return self.cache.lengths.shape[0]
 
-    @torch.inference_mode()
-    def step(self, token: torch.Tensor) -> torch.Tensor:
-        """One plain decoding step: append ``token`` (1, 1) int64; returns logits (1, V) fp32."""
-        position = torch.full((1, 1), self.length, dtype=torch.long, device=self.device)
-        out = self.model(input_ids=token, position_ids=position, cache=self.cache, use_cache=True)
-        self.length += 1
-        return out.logits[:, -1].float()
+    def set_bound(self, longest: int) -> None:
+        """The longest request's committed length, as the host knows it."""
+        self.bound = longest
 
-    @torch.inference_mode()
-    def verify(self, tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor):
-        """One forward over the root and the tree nodes, with the ancestor-only tree mask.
-
-        tokens: (1, m) int64, the root first; positions: (1, m) int64;
-        tree_mask: (m, m) bool, ``tree_mask[i, j]`` iff verify token i may see verify token j.
-        Every token sees the whole committed context. The m new entries stay in the cache
-        until :meth:`commit`. Returns (logits (1, m, V) fp32, hidden states tuple or None).
-        """
-        m = tokens.shape[1]
+    def _additive_mask(self, sees_new: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, 1, q, active) mask of a forward of q new tokens per request: every token sees
+        its request's committed slots, and new token j sees new token i iff ``sees_new[b, j, i]``.
+        Written into ``out`` (a (batch, 1, >= q, >= active) buffer) when given."""
+        batch, q, _ = sees_new.shape
+        active = self.cache.active
+        rel = torch.arange(active, device=self.device) - self.lengths[:, None]  # slot - committed length
+        new = sees_new.gather(2, rel.clamp(0, q - 1)[:, None, :].expand(batch, q, active))
+        allowed = (rel < 0)[:, None, :] | (new & (rel < q)[:, None, :])
         dtype = self.model.dtype
-        visible = torch.ones((m, self.length + m), dtype=torch.bool, device=self.device)
-        visible[:, self.length:] = tree_mask
-        # An additive mask works with every attention backend (sdpa, eager); bool only with some.
-        additive = torch.zeros(visible.shape, dtype=dtype, device=self.device)
-        additive.masked_fill_(~visible, torch.finfo(dtype).min)
-        out = self.model(input_ids=tokens, position_ids=positions, attention_mask=additive[None, None],
-                         cache=self.cache, use_cache=True, output_hidden_states=self.want_hidden)
-        return out.logits.float(), out.hidden_states
+        mask = torch.empty((batch, 1, q, active), dtype=dtype, device=self.device) if out is None else out[:, :, :q, :active]
+        mask.zero_().masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        return mask
+
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None):
+        """Run the decoder over (batch, q) tokens at (batch, q) positions after the committed
+        slots (``cache.active`` set by the caller). Returns (final hidden states (batch, q, d),
+        the hidden-states tuple or None)."""
+        out = self.model.base_model(input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
+                                    output_hidden_states=self.want_hidden, **{self._cache_keyword: self.cache})
+        return out.last_hidden_state, out.hidden_states
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(hidden).float()
 
     @torch.inference_mode()
-    def commit(self, keep: torch.Tensor) -> None:
-        """Keep the verify entries ``keep`` and drop the rest of the last verify forward.
+    def prefill(self, prompts: list[list[int]]):
+        """Run the prompts (one per request, non-empty, any lengths) through the model and cache them.
 
-        keep: (L,) int64 indices into the last verify's tokens (0 = root), increasing.
-        Their keys/values move to the slots right after the committed context, in order.
+        Returns (logits (batch, V) fp32 of each prompt's last token, hidden states: a tuple of
+        (batch, max prompt length, d) per layer, right-padded, or None).
         """
-        start = self.length
-        slots = start + keep.to(self.device)
-        for layer in self.cache.layers:
-            # index_select copies first, so overlapping source/target slots are safe.
-            layer.keys[:, :, start:start + len(keep)] = layer.keys.index_select(2, slots)
-            layer.values[:, :, start:start + len(keep)] = layer.values.index_select(2, slots)
-            layer.keys = layer.keys[:, :, :start + len(keep)]
-            layer.values = layer.values[:, :, :start + len(keep)]
-        self.length = start + len(keep)
+        lens = torch.tensor([len(p) for p in prompts], dtype=torch.int64, device=self.device)
+        longest = max(len(p) for p in prompts)
+        tokens = torch.tensor([p + [0] * (longest - len(p)) for p in prompts], dtype=torch.int64, device=self.device)
+        positions = torch.arange(longest, device=self.device).expand(len(prompts), longest)
+        causal = torch.ones((longest, longest), dtype=torch.bool, device=self.device).tril()
+        self.rewind(0)
+        self.cache.active = longest
+        hidden, states = self._forward(tokens, positions, self._additive_mask(causal.expand(len(prompts), -1, -1)))
+        self.cache.lengths.copy_(lens)
+        self.bound = longest
+        last = hidden.gather(1, (lens - 1)[:, None, None].expand(-1, 1, hidden.shape[2]))[:, 0]
+        return self._logits(last), states
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One plain decoding step: append ``tokens`` (batch,) int64; returns logits (batch, V) fp32."""
+        self.cache.active = self.bound + 1
+        sees_self = torch.ones((self.batch_size, 1, 1), dtype=torch.bool, device=self.device)
+        hidden, _ = self._forward(tokens[:, None], self.lengths[:, None], self._additive_mask(sees_self))
+        self.cache.lengths += 1
+        self.bound += 1
+        return self._logits(hidden[:, -1])
+
+    @torch.inference_mode()
+    def verify(self, tree: DraftTree, roots: torch.Tensor, n: int):
+        """One forward over every request's root and its first ``n`` tree nodes.
+
+        tree: the round's trees (batch, N); roots: (batch,) int64, the last committed tokens;
+        n: the verify width, at least every request's node count (the rest is padding, which
+        no real token sees). Verify index 0 is the root, ``i + 1`` node ``i``. The new entries
+        stay in the cache until :meth:`commit`.
+        Returns (logits (batch, n + 1, V) fp32, hidden states tuple or None).
+        """
+        lengths = self.lengths
+        tokens = torch.cat([roots[:, None], tree.tokens[:, :n].clamp(min=0)], 1)
+        node_positions = tree.positions[:, :n]
+        positions = torch.cat([lengths[:, None], torch.where(node_positions >= 0, node_positions, lengths[:, None])], 1)
+        self.cache.active = self.bound + n + 1
+        if self._tree_attention:
+            # The first n nodes' bits fill the first ceil(n / 32) words: ancestors come first.
+            # An empty 4-D mask tells transformers' mask builder that the mask is prepared (so it
+            # asks the cache nothing); the tree kernel never reads it.
+            placeholder = torch.empty((self.batch_size, 1, 0, 0), dtype=self.model.dtype, device=self.device)
+            with tree_verify_context(tree.ancestor_bits[:, :n, : (n + 31) // 32], cache_lens=lengths):
+                hidden, states = self._forward(tokens, positions, placeholder)
+        else:
+            if self._verify_mask is None or self._verify_mask.shape[2] < n + 1:
+                self._verify_mask = torch.empty((self.batch_size, 1, tree.max_nodes + 1, self.cache.capacity),
+                                                dtype=self.model.dtype, device=self.device)
+            hidden, states = self._forward(tokens, positions, self._additive_mask(tree.verify_visibility(n), self._verify_mask))
+        return self._logits(hidden), states
+
+    @torch.inference_mode()
+    def commit(self, accepted_nodes: torch.Tensor, accept_len: torch.Tensor) -> None:
+        """Keep the root and the accepted path of the last verify (device ops only)."""
+        self.cache.compact(accepted_nodes, accept_len)
+
+    def rewind(self, length: int) -> None:
+        """Forget everything after the first ``length`` tokens of every request (calibration)."""
+        self.cache.lengths.fill_(length)
+        self.bound = length
+
+    def keep_requests(self, rows: torch.Tensor) -> None:
+        """Keep only the requests ``rows`` (int64 indices on the device)."""
+        self.cache.keep_requests(rows)
+        if self._verify_mask is not None:
+            self._verify_mask = self._verify_mask[: len(rows)]
