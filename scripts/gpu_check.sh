@@ -12,7 +12,12 @@
 #                                       (21 prompts x 64 tokens), bastion bench in bf16 at batch 1 and 4
 #
 # GPU_CHECK_REHEARSE=1 runs every step on the CPU with the CUDA-only parts skipped and small
-# shapes (scripts/gpu_rehearse.sh), so that the device run is not where a typo is found.
+# shapes, so that the device run is not where a typo is found:
+#   GPU_CHECK_REHEARSE=1 PYTHON=.venv/bin/python OUT=/tmp/rehearsal scripts/gpu_check.sh tier1   (and tier2)
+# On the device (three calls for the GGUF, each carrying one part, then tier 2):
+#   run: scripts/gpu_check.sh tier1                       (carry: nothing)
+#   run: scripts/gpu_check.sh part 1   (carry .gguf_parts/part1, .gguf_parts/SHA256SUMS), then 2 and 3
+#   run: scripts/gpu_check.sh tier2                       (carry .whl; scripts/prepare_gpu_run.sh fills both)
 # Needs there: python3 with a CUDA torch, setuptools, pybind11, cmake, ninja; nvcc; no network.
 set -uo pipefail
 
@@ -112,6 +117,8 @@ tier2() {
   if [ "$REHEARSE" = 1 ]; then
     device=cpu
   else
+    # A machine still warm from tier 1 keeps its build; a fresh one builds again.
+    "$PY" -c "import bastion_ext._C as c; assert c.has_cuda()" 2>/dev/null || build
     (cd "$GGUF_DIR" && cat part1 part2 part3 > model.gguf && grep " model.gguf\$" SHA256SUMS | sha256sum -c -) \
       || { echo "the GGUF is not complete in $GGUF_DIR: send the three parts first"; exit 1; }
     model_args=(--model "$GGUF_DIR/model.gguf")

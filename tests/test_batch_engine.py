@@ -15,7 +15,7 @@ BATCH_TOKENS = EVAL_TOKENS
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("strategy, batch", [(s, 8) for s in STRATEGIES] + [("ddtree", 4), ("bastion", 4)])
+@pytest.mark.parametrize("strategy, batch", [(s, 8) for s in STRATEGIES] + [("bastion", 4)])
 def test_batches_equal_batch1_ar(smollm2, eval_ar_outputs, cpu_latency, strategy, batch):
     """The held-out prompts (9, or 21 with BASTION_TEST_FULL=1), of different lengths, decoded
     in batches with the committed drafter: every request's tokens are its own batch-1 ar's."""
@@ -25,7 +25,8 @@ def test_batches_equal_batch1_ar(smollm2, eval_ar_outputs, cpu_latency, strategy
     drafter = load_drafter(None, model)
     cases = eval_ar_outputs
     assert len(cases) >= 8 and len({len(ids) for ids, _ in cases}) > 1, "at least 8 prompts, of different lengths"
-    config = GenerationConfig(strategy=strategy, max_new_tokens=BATCH_TOKENS, stop_on_eos=False)
+    # A 16-node cap keeps the verify forwards short here; the trees still branch and go deep.
+    config = GenerationConfig(strategy=strategy, max_new_tokens=BATCH_TOKENS, stop_on_eos=False, budget=16)
     for start in range(0, len(cases), batch):
         chunk = cases[start:start + batch]
         results = generate_batch(model, [ids for ids, _ in chunk], config, drafter=drafter, latency=cpu_latency)

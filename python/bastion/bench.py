@@ -23,14 +23,17 @@ from .prompts import load_prompt_file, load_prompts
 HF_PROMPT_LOOKUP_TOKENS = 10
 
 
-def _runs(strategies: list[str], budgets: list[int]) -> list[tuple[str, str, int | None]]:
-    """(row name, strategy, budget) of every configuration to time; ddtree once per budget."""
-    runs = [("ar", "ar", None)]
+def _runs(strategies: list[str], budgets: list[int], per_request: bool) -> list[tuple[str, str, int | None, bool]]:
+    """(row name, strategy, budget, batch allocation) of every configuration to time; ddtree
+    once per budget; with ``per_request`` also bastion cutting each request's tree on its own."""
+    runs = [("ar", "ar", None, True)]
     for s in strategies:
         if s == "ddtree":
-            runs += [(f"ddtree@{n}", "ddtree", n) for n in budgets]
+            runs += [(f"ddtree@{n}", "ddtree", n, True) for n in budgets]
         elif s != "ar":
-            runs.append((s, s, None))
+            runs.append((s, s, None, True))
+    if per_request and "bastion" in strategies:
+        runs.append(("bastion per-request", "bastion", None, False))
     return runs
 
 
@@ -45,10 +48,16 @@ def _hf_generate(model, ids: list[int], max_new_tokens: int, eos: int | None, lo
     return out[0, len(ids):].tolist(), seconds
 
 
+PHASES = ("t_draft", "t_build", "t_verify", "t_commit")
+
+
 def _batch_cell(results, references) -> dict:
-    """One batch's measurements: tokens and rounds summed over its requests, its wall time."""
+    """One batch's measurements: tokens and rounds summed over its requests, its wall time and
+    the seconds of each round phase (the batch's rounds are the longest-running request's)."""
     rounds = sum(len(r.rounds) for r in results)
+    longest = max(results, key=lambda r: len(r.rounds))
     return {
+        "phase_s": {p: sum(r[p] for r in longest.rounds) for p in PHASES},
         "prompts": len(results),
         "new_tokens": sum(len(r.tokens) for r in results),
         "seconds": results[0].total_s,
@@ -63,7 +72,12 @@ def _aggregate(cells: list[dict]) -> dict:
     tokens = sum(c["new_tokens"] for c in cells)
     seconds = sum(c["seconds"] for c in cells)
     rounds = sum(c["rounds"] for c in cells)
+    phases = {p: sum(c.get("phase_s", {}).get(p, 0.0) for c in cells) for p in PHASES}
+    in_rounds = sum(phases.values())
     return {
+        "phase_s": phases,
+        # build (with the round's host read) + accept and commit, as a share of the rounds' time
+        "build_commit_share": (phases["t_build"] + phases["t_commit"]) / in_rounds if in_rounds else 0.0,
         "prompts": sum(c["prompts"] for c in cells),
         "new_tokens": tokens,
         "seconds": seconds,
@@ -101,7 +115,7 @@ def run_bench(args) -> int:
     if {"caddtree", "bastion"} & set(strategies):
         latency = load_or_calibrate(model, drafter, args.latency, log=lambda m: print(m, file=sys.stderr))
     prompts = [row for c in categories for row in [r for r in rows if r["category"] == c][: args.prompts_per_category]]
-    runs = _runs(strategies, budgets)
+    runs = _runs(strategies, budgets, args.per_request)
     batch_sizes = int_list(args.batch_sizes, "--batch-sizes")
     hf = [("hf_generate", False), ("hf_prompt_lookup", True)] if args.hf_baselines else []
     eos = tokenizer.eos_token_id
@@ -113,25 +127,28 @@ def run_bench(args) -> int:
               for group in [[r for r in prompts if r["category"] == c]] for i in range(0, len(group), batch)]
     cells: dict[tuple[str, str], list[dict]] = {}
     records = []
-    names: list[str] = []
+    names: dict[str, tuple[str, int]] = {}  # row name -> (configuration, batch size), in run order
     progress = tqdm(total=sum(len(runs) + (len(hf) * len(chunk) if batch == 1 else 0) for batch, _, chunk in chunks), desc="bench", unit="run")
     for batch, category, chunk in chunks:
         ids = [chat_prompt_ids(tokenizer, row["prompt"]) for row in chunk]
         references = None
-        for name, strategy, budget in runs:
+        for name, strategy, budget, allocation in runs:
+            if not allocation and batch == 1:  # one request: nothing to allocate, the same run as bastion
+                progress.update()
+                continue
             config = GenerationConfig(strategy=strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                       top_p=args.top_p, seed=args.seed, budget=budget, topk=args.topk,
-                                      record_topk=args.topk if strategy != "ar" else 0)
+                                      record_topk=args.topk if strategy != "ar" else 0, batch_allocation=allocation)
             results = generate_batch(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=(eos,))
             references = [r.tokens for r in results] if strategy == "ar" else references
             row_name = name if batch == 1 else f"{name} b{batch}"
-            names += [row_name] if row_name not in names else []
+            names.setdefault(row_name, (name, batch))
             cells.setdefault((row_name, category), []).append(_batch_cell(results, references))
             records += [dict(r, strategy=name, batch=batch, category=category, prompt_id=row["id"])
                         for row, result in zip(chunk, results) for r in result.rounds]
             progress.update()
         for name, lookup in hf if batch == 1 else []:
-            names += [name] if name not in names else []
+            names.setdefault(name, (name, 1))
             for prompt_ids, reference in zip(ids, references):
                 tokens, seconds = _hf_generate(model, prompt_ids, args.max_new_tokens, eos, lookup)
                 cell = {"prompts": 1, "new_tokens": len(tokens), "seconds": seconds, "rounds": 0,
@@ -159,8 +176,7 @@ def run_bench(args) -> int:
         "batch_sizes": batch_sizes, "speedup_baseline": ar_name,
         "prompts": [r["id"] for r in prompts],
     }
-    rows = [dict(strategy=n.split(" b")[0], batch=int(n.split(" b")[1]) if " b" in n else 1, name=n, category=c, **v)
-            for (n, c), v in table.items()]
+    rows = [dict(strategy=names[n][0], batch=names[n][1], name=n, category=c, **v) for (n, c), v in table.items()]
     (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     with open(out_dir / "rounds.jsonl", "w", encoding="utf-8") as f:
         for r in records:
@@ -172,13 +188,14 @@ def run_bench(args) -> int:
 
 def format_table(table: dict, names: list[str], categories: list[str]) -> str:
     """Fixed-width text: one row per (strategy, category)."""
-    head = f"{'strategy':<22}{'category':<9}{'tok/s':>8}{'vs ar':>8}{'acc.len':>9}{'tree':>7}{'same as ar':>12}"
+    head = f"{'strategy':<26}{'category':<9}{'tok/s':>8}{'vs ar':>8}{'acc.len':>9}{'tree':>7}{'same as ar':>12}{'build+commit':>14}"
     lines = [head, "-" * len(head)]
     for name in names:
         for cat in categories:
             a = table[(name, cat)]
-            lines.append(f"{name:<22}{cat:<9}{a['tokens_per_s']:>8.2f}{a['speedup_vs_ar']:>7.2f}x"
-                         f"{a['mean_accept_len']:>9.2f}{a['mean_tree_size']:>7.1f}{a['identical_to_ar']:>8}/{a['prompts']:<3}")
+            lines.append(f"{name:<26}{cat:<9}{a['tokens_per_s']:>8.2f}{a['speedup_vs_ar']:>7.2f}x"
+                         f"{a['mean_accept_len']:>9.2f}{a['mean_tree_size']:>7.1f}{a['identical_to_ar']:>8}/{a['prompts']:<3}"
+                         f"{100 * a['build_commit_share']:>13.1f}%")
     return "\n".join(lines)
 
 

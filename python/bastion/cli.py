@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--categories", default=None, help="comma-separated categories to run (default: all in the prompt set)")
     b.add_argument("--prompts-per-category", type=positive_int, default=3)
     b.add_argument("--batch-sizes", default="1", help="requests decoded together, comma-separated (default 1)")
+    b.add_argument("--per-request", action="store_true",
+                   help="also run bastion with each request's tree cut on its own (against the batch allocation)")
     b.add_argument("--hf-baselines", action="store_true", help="also time transformers generate() and its prompt lookup")
     b.add_argument("--out", default="bench/results", help="directory for bench.json, bench.png and records")
     add_model_args(b)

@@ -34,6 +34,8 @@ class GenerationConfig:
     strategy: one of ``strategies.STRATEGIES``. budget: ddtree's fixed node count, or the
     cap of caddtree / bastion. topk: branching width K. record_topk: how many of each draft
     position's top candidates to keep in the round records (0: none, the cheapest).
+    batch_allocation: ``bastion`` on a batch splits one node budget across the requests by
+    marginal gain (True) or cuts each request's tree on its own (False).
     """
 
     strategy: str = "bastion"
@@ -45,6 +47,7 @@ class GenerationConfig:
     topk: int = 8
     record_topk: int = 0
     stop_on_eos: bool = True
+    batch_allocation: bool = True
 
 
 @dataclass
@@ -124,7 +127,7 @@ class _Request:
         self.done = stop is not None or len(self.emitted) >= self.config.max_new_tokens
 
 
-def _round_tokens(result, tree, positions: int) -> torch.Tensor:
+def _round_tokens(result, tree) -> torch.Tensor:
     """(B, P + 2) int64 of what a round committed: accept_len, the path's tokens (-1 after
     it), the bonus token; device ops only."""
     path = result.accepted_nodes.long()
@@ -159,7 +162,8 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
     device = model.device
     batch = len(prompts)
     positions = 0 if is_ar else drafter.block_size - 1
-    plan = make_plan(config.strategy, positions, config.budget, config.topk, latency, batch=batch, device=device)
+    plan = make_plan(config.strategy, positions, config.budget, config.topk, latency, batch=batch, device=device,
+                     batch_allocation=config.batch_allocation)
     for prompt in prompts:
         check_context(model, len(prompt), config.max_new_tokens, positions)
     sampler = Sampler(config.temperature, config.top_p, config.seed, device)
@@ -250,7 +254,7 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
         features = features.gather(1, keep[..., None].expand(-1, -1, features.shape[-1]))
         drafter.extend(state, features, root_positions[:, None] + torch.arange(1 + positions, device=device),
                        counts=1 + result.accept_len.long())
-        pending = _round_tokens(result, tree, positions)
+        pending = _round_tokens(result, tree)
         roots = result.bonus.clone()
         plan.policy.observe(surrogate_accept(tree.scores, tree.n_nodes), result.accept_len)
         clock.mark("commit")
