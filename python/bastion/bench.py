@@ -169,7 +169,7 @@ def run_bench(args) -> int:
 
     print(format_table(table, names, categories + ["all"]))
     meta = {
-        "command": "bastion " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("bastion") else " ".join(sys.argv),
+        "command": "bastion " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(("bastion", "__main__.py")) else " ".join(sys.argv),
         "device": torch.cuda.get_device_name() if model.device.type == "cuda" else f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads",
         "torch": torch.__version__, "python": platform.python_version(), "dtype": str(model.dtype).removeprefix("torch."),
         "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "topk": args.topk,
