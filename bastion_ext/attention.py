@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -71,6 +72,28 @@ def _cache_tile(
     qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
     if PARTIAL:
         qk = tl.where((n < end)[None, :], qk, float("-inf"))
+    return _softmax_step(acc, m_i, l_i, qk, v, INPUT_PRECISION)
+
+
+@triton.jit
+def _node_tile(
+    acc, m_i, l_i, q, kt_base, vt_base, stride_ktn, stride_vtn, j0, node_end, w0, w1, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """Attend to tree nodes ``j0 .. j0 + BLOCK_N - 1`` (those before ``node_end``; key ``j + 1``
+    of the tree segment is node ``j``): node ``j0 + c`` is visible to a row iff bit ``c`` of its
+    words ``w0``, ``w1`` [BLOCK_M] (the row's ancestor bits from node ``j0`` on) is set."""
+    col = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    j = j0 + col
+    j_ok = j < node_end
+    word = tl.where(col[None, :] < 32, w0[:, None], w1[:, None])
+    visible = (((word >> (col % 32)[None, :]) & 1) != 0) & j_ok[None, :]
+    kv_mask = j_ok[:, None] & (d < HEAD_DIM)[None, :]
+    k = tl.load(kt_base + (j + 1)[:, None] * stride_ktn + d[None, :], mask=kv_mask, other=0.0)
+    qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+    qk = tl.where(visible, qk, float("-inf"))
+    v = tl.load(vt_base + (j + 1)[:, None] * stride_vtn + d[None, :], mask=kv_mask, other=0.0)
     return _softmax_step(acc, m_i, l_i, qk, v, INPUT_PRECISION)
 
 
@@ -147,7 +170,6 @@ def _tree_attention_kernel(
         node_end = tl.minimum((pid_m * BLOCK_M + BLOCK_M - 1) // GROUP, n_verify - 1)
         is_node_row = (verify_idx > 0) & row_ok
         bits_row = Bits + b * stride_bb + tl.maximum(verify_idx - 1, 0) * stride_bn
-        col = tl.arange(0, BLOCK_N)
         for j0 in range(0, node_end, BLOCK_N):
             word_idx = j0 // 32
             w0 = tl.load(bits_row + word_idx, mask=is_node_row, other=0)
@@ -155,16 +177,10 @@ def _tree_attention_kernel(
             w1 = tl.load(bits_row + word_idx + 1, mask=is_node_row & has_w1, other=0)
             # Most tiles of a large tree hold no ancestor of any row of this tile: skip them.
             if tl.max(((w0 | w1) != 0).to(tl.int32), 0) != 0:
-                j = j0 + col
-                j_ok = j < node_end
-                word = tl.where(col[None, :] < 32, w0[:, None], w1[:, None])
-                visible = (((word >> (col % 32)[None, :]) & 1) != 0) & j_ok[None, :]
-                kv_mask = j_ok[:, None] & d_ok[None, :]
-                k = tl.load(kt_base + (j + 1)[:, None] * stride_ktn + d[None, :], mask=kv_mask, other=0.0)
-                qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
-                qk = tl.where(visible, qk, float("-inf"))
-                v = tl.load(vt_base + (j + 1)[:, None] * stride_vtn + d[None, :], mask=kv_mask, other=0.0)
-                acc, m_i, l_i = _softmax_step(acc, m_i, l_i, qk, v, INPUT_PRECISION)
+                acc, m_i, l_i = _node_tile(
+                    acc, m_i, l_i, q, kt_base, vt_base, stride_ktn, stride_vtn, j0, node_end, w0, w1, qk_scale,
+                    HEAD_DIM, BLOCK_D, BLOCK_N, INPUT_PRECISION,
+                )
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
@@ -224,13 +240,6 @@ def _tree_attention_combine_kernel(
     )
 
 
-def _check_4d(name: str, t: torch.Tensor, batch: int, heads: int | None, head_dim: int, meaning: str) -> None:
-    if t.dim() != 4 or t.shape[0] != batch or (heads is not None and t.shape[1] != heads) or t.shape[3] != head_dim:
-        raise ValueError(f"{name} must be 4-D {meaning}, got shape {tuple(t.shape)}")
-    if t.stride(-1) != 1:
-        raise ValueError(f"{name} must have a contiguous last (head_dim) dimension, got strides {t.stride()}")
-
-
 def _pick_blocks(n_rows: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for ``n_rows`` packed query rows.
 
@@ -254,6 +263,155 @@ def _pick_num_splits(programs: int, cache_capacity: int, device: torch.device) -
     sm_count = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     wanted = triton.cdiv(2 * sm_count, programs)
     return max(1, min(wanted, cache_capacity // _MIN_SPLIT_KEYS))
+
+
+def _check_4d(name: str, t: torch.Tensor, batch: int, heads: int | None, head_dim: int, meaning: str) -> None:
+    if t.dim() != 4 or t.shape[0] != batch or (heads is not None and t.shape[1] != heads) or t.shape[3] != head_dim:
+        raise ValueError(f"{name} must be 4-D {meaning}, got shape {tuple(t.shape)}")
+    if t.stride(-1) != 1:
+        raise ValueError(f"{name} must have a contiguous last (head_dim) dimension, got strides {t.stride()}")
+
+
+def _check_tree_attention_args(q, k_cache, v_cache, k_tree, v_tree, ancestor_bits, cache_lens, out, num_splits) -> None:
+    """Raise ValueError, naming the argument, unless ``tree_attention`` can run on these."""
+    if q.dim() != 4:
+        raise ValueError(f"q must be 4-D [batch, q_heads, verify_tokens, head_dim], got shape {tuple(q.shape)}")
+    batch, n_q_heads, n_verify, head_dim = q.shape
+    if q.device.type != "cuda" and isinstance(_tree_attention_kernel, JITFunction):
+        raise ValueError(
+            f"q is on {q.device}: tree_attention runs on CUDA tensors, or on CPU tensors through the "
+            "Triton interpreter (TRITON_INTERPRET=1 set before bastion_ext.attention is imported)"
+        )
+    if q.dtype not in _SUPPORTED_DTYPES:
+        raise ValueError(f"q must be fp16, bf16 or fp32, got {q.dtype}")
+    if head_dim not in (64, 96, 128):
+        raise ValueError(f"q's head_dim must be 64, 96 or 128, got {head_dim}")
+    _check_4d("q", q, batch, None, head_dim, "[batch, q_heads, verify_tokens, head_dim]")
+    _check_4d("k_cache", k_cache, batch, None, head_dim, "[batch, kv_heads, cache_len, head_dim]")
+    n_kv_heads = k_cache.shape[1]
+    if n_q_heads % n_kv_heads != 0:
+        raise ValueError(f"q's heads ({n_q_heads}) must be a multiple of k_cache's heads ({n_kv_heads})")
+    _check_4d("v_cache", v_cache, batch, n_kv_heads, head_dim, "[batch, kv_heads, cache_len, head_dim]")
+    if v_cache.shape[2] != k_cache.shape[2]:
+        raise ValueError(f"v_cache must have the shape of k_cache {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
+    if (k_tree is None) != (v_tree is None):
+        raise ValueError("k_tree and v_tree must both be given or both be None")
+    if k_tree is None:
+        if k_cache.shape[2] < n_verify:
+            raise ValueError(
+                f"k_cache must hold the {n_verify} verify tokens after the cache, got length {k_cache.shape[2]}"
+            )
+        k_tree, v_tree = k_cache, v_cache
+    else:
+        meaning = "[batch, kv_heads, verify_tokens, head_dim]"
+        _check_4d("k_tree", k_tree, batch, n_kv_heads, head_dim, meaning)
+        _check_4d("v_tree", v_tree, batch, n_kv_heads, head_dim, meaning)
+        if k_tree.shape[2] != n_verify or v_tree.shape[2] != n_verify:
+            raise ValueError(f"k_tree and v_tree must hold {n_verify} verify tokens, got {k_tree.shape}, {v_tree.shape}")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("k_tree", k_tree), ("v_tree", v_tree)):
+        if t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"{name} must be {q.dtype} on {q.device} like q, got {t.dtype} on {t.device}")
+    n_nodes = n_verify - 1
+    if n_nodes < 1:
+        raise ValueError(f"q must hold the root and at least one tree node, got {n_verify} verify tokens")
+    n_words = triton.cdiv(n_nodes, 32)
+    if ancestor_bits.dtype != torch.int32 or tuple(ancestor_bits.shape) != (batch, n_nodes, n_words):
+        raise ValueError(
+            f"ancestor_bits must be int32 [batch, nodes, words] = {(batch, n_nodes, n_words)}, "
+            f"got {ancestor_bits.dtype} {tuple(ancestor_bits.shape)}"
+        )
+    if ancestor_bits.device != q.device or ancestor_bits.stride(-1) != 1:
+        raise ValueError(f"ancestor_bits must be on {q.device} with contiguous words, got {ancestor_bits.device}")
+    if cache_lens.shape != (batch,) or cache_lens.dtype not in (torch.int32, torch.int64) or cache_lens.device != q.device:
+        raise ValueError(
+            f"cache_lens must be int32/int64 [batch] = ({batch},) on {q.device}, "
+            f"got {cache_lens.dtype} {tuple(cache_lens.shape)} on {cache_lens.device}"
+        )
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1):
+        raise ValueError(f"out must be {q.dtype} {tuple(q.shape)} on {q.device} with a contiguous last dim")
+    if num_splits is not None and num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+
+
+class _LaunchConfig(NamedTuple):
+    """How a ``tree_attention`` call is laid out on the GPU (see the module docstring)."""
+
+    group: int  # query heads per KV head, packed into the rows of a tile
+    n_rows: int  # packed query rows per (request, KV head): group * (N + 1)
+    block_m: int
+    block_n: int
+    block_d: int  # head_dim rounded up to a power of two
+    num_warps: int
+    num_stages: int
+    num_splits: int  # cache chunks run in parallel; 1: no partials, no combine
+    chunk_len: int  # cache keys per split, whole BLOCK_N tiles
+    grid: tuple[int, int, int]  # (row tiles, splits, batch * KV heads)
+
+
+def _launch_config(q: torch.Tensor, k_cache: torch.Tensor, tree_in_cache: bool, num_splits: int | None) -> _LaunchConfig:
+    """Tiles, warps and cache splits of a call on checked arguments; ``num_splits`` None picks one."""
+    batch, n_q_heads, n_verify, head_dim = q.shape
+    n_kv_heads = k_cache.shape[1]
+    cache_capacity = k_cache.shape[2] - (n_verify if tree_in_cache else 0)
+    group = n_q_heads // n_kv_heads
+    n_rows = group * n_verify
+    block_m, block_n, num_warps, num_stages = _pick_blocks(n_rows)
+    m_blocks = triton.cdiv(n_rows, block_m)
+    if num_splits is None:
+        num_splits = _pick_num_splits(m_blocks * batch * n_kv_heads, cache_capacity, q.device)
+    # Chunks are whole tiles; recount the splits so that none is empty by construction.
+    chunk_len = block_n * max(1, triton.cdiv(triton.cdiv(max(cache_capacity, 1), num_splits), block_n))
+    num_splits = max(1, triton.cdiv(cache_capacity, chunk_len))
+    return _LaunchConfig(
+        group, n_rows, block_m, block_n, triton.next_power_of_2(head_dim), num_warps, num_stages,
+        num_splits, chunk_len, (m_blocks, num_splits, batch * n_kv_heads),
+    )
+
+
+def _launch_tree_attention(
+    q, k_cache, v_cache, k_tree, v_tree, ancestor_bits, cache_lens, out, scale: float, tree_in_cache: bool,
+    config: _LaunchConfig,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Run ``_tree_attention_kernel``: into ``out`` if the cache is not split, else into the
+    returned per-split partial outputs (num_splits, B * H_kv, rows, D) fp32 and their base-2
+    log-sum-exps (num_splits, B * H_kv, rows) fp32, for ``_launch_combine`` to merge."""
+    split = config.num_splits > 1
+    if split:
+        rows_shape = (config.num_splits, config.grid[2], config.n_rows)
+        part_o = torch.empty(rows_shape + (q.shape[3],), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(rows_shape, dtype=torch.float32, device=q.device)
+    else:
+        part_o = part_lse = out  # unused by the kernel when SPLIT is off
+    _tree_attention_kernel[config.grid](
+        q, k_cache, v_cache, k_tree, v_tree, ancestor_bits, cache_lens, out, part_o, part_lse,
+        scale * LOG2E,
+        k_cache.shape[1], q.shape[2], ancestor_bits.shape[2], config.chunk_len, config.num_splits,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        k_tree.stride(0), k_tree.stride(1), k_tree.stride(2),
+        v_tree.stride(0), v_tree.stride(1), v_tree.stride(2),
+        ancestor_bits.stride(0), ancestor_bits.stride(1),
+        out.stride(0), out.stride(1), out.stride(2),
+        GROUP=config.group, HEAD_DIM=q.shape[3], BLOCK_D=config.block_d, BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n, SPLIT=split, TREE_IN_CACHE=tree_in_cache,
+        INPUT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return (part_o, part_lse) if split else None
+
+
+def _launch_combine(part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, config: _LaunchConfig) -> None:
+    """Merge the splits' partial outputs into ``out`` (B, H_q, N + 1, D)."""
+    block_r = 32
+    n_kv_heads = out.shape[1] // config.group
+    _tree_attention_combine_kernel[(triton.cdiv(config.n_rows, block_r), config.grid[2])](
+        part_o, part_lse, out,
+        n_kv_heads, out.shape[2], config.num_splits,
+        out.stride(0), out.stride(1), out.stride(2),
+        GROUP=config.group, HEAD_DIM=out.shape[3], BLOCK_D=config.block_d, BLOCK_R=block_r,
+        num_warps=4,
+    )
 
 
 def tree_attention(
@@ -301,111 +459,17 @@ def tree_attention(
     -------
     (B, H_q, N + 1, D), dtype of ``q``: ``out`` if given.
     """
-    if q.dim() != 4:
-        raise ValueError(f"q must be 4-D [batch, q_heads, verify_tokens, head_dim], got shape {tuple(q.shape)}")
-    batch, n_q_heads, n_verify, head_dim = q.shape
-    if q.device.type != "cuda" and isinstance(_tree_attention_kernel, JITFunction):
-        raise ValueError(
-            f"q is on {q.device}: tree_attention runs on CUDA tensors, or on CPU tensors through the "
-            "Triton interpreter (TRITON_INTERPRET=1 set before bastion_ext.attention is imported)"
-        )
-    if q.dtype not in _SUPPORTED_DTYPES:
-        raise ValueError(f"q must be fp16, bf16 or fp32, got {q.dtype}")
-    if head_dim not in (64, 96, 128):
-        raise ValueError(f"q's head_dim must be 64, 96 or 128, got {head_dim}")
-    _check_4d("q", q, batch, None, head_dim, "[batch, q_heads, verify_tokens, head_dim]")
-    _check_4d("k_cache", k_cache, batch, None, head_dim, "[batch, kv_heads, cache_len, head_dim]")
-    n_kv_heads = k_cache.shape[1]
-    if n_q_heads % n_kv_heads != 0:
-        raise ValueError(f"q's heads ({n_q_heads}) must be a multiple of k_cache's heads ({n_kv_heads})")
-    _check_4d("v_cache", v_cache, batch, n_kv_heads, head_dim, "[batch, kv_heads, cache_len, head_dim]")
-    if v_cache.shape[2] != k_cache.shape[2]:
-        raise ValueError(f"v_cache must have the shape of k_cache {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
+    _check_tree_attention_args(q, k_cache, v_cache, k_tree, v_tree, ancestor_bits, cache_lens, out, num_splits)
     tree_in_cache = k_tree is None
-    if (k_tree is None) != (v_tree is None):
-        raise ValueError("k_tree and v_tree must both be given or both be None")
     if tree_in_cache:
         k_tree, v_tree = k_cache, v_cache
-        cache_capacity = k_cache.shape[2] - n_verify
-        if cache_capacity < 0:
-            raise ValueError(
-                f"k_cache must hold the {n_verify} verify tokens after the cache, got length {k_cache.shape[2]}"
-            )
-    else:
-        meaning = "[batch, kv_heads, verify_tokens, head_dim]"
-        _check_4d("k_tree", k_tree, batch, n_kv_heads, head_dim, meaning)
-        _check_4d("v_tree", v_tree, batch, n_kv_heads, head_dim, meaning)
-        if k_tree.shape[2] != n_verify or v_tree.shape[2] != n_verify:
-            raise ValueError(f"k_tree and v_tree must hold {n_verify} verify tokens, got {k_tree.shape}, {v_tree.shape}")
-        cache_capacity = k_cache.shape[2]
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("k_tree", k_tree), ("v_tree", v_tree)):
-        if t.dtype != q.dtype or t.device != q.device:
-            raise ValueError(f"{name} must be {q.dtype} on {q.device} like q, got {t.dtype} on {t.device}")
-    n_nodes = n_verify - 1
-    if n_nodes < 1:
-        raise ValueError(f"q must hold the root and at least one tree node, got {n_verify} verify tokens")
-    n_words = triton.cdiv(n_nodes, 32)
-    if ancestor_bits.dtype != torch.int32 or tuple(ancestor_bits.shape) != (batch, n_nodes, n_words):
-        raise ValueError(
-            f"ancestor_bits must be int32 [batch, nodes, words] = {(batch, n_nodes, n_words)}, "
-            f"got {ancestor_bits.dtype} {tuple(ancestor_bits.shape)}"
-        )
-    if ancestor_bits.device != q.device or ancestor_bits.stride(-1) != 1:
-        raise ValueError(f"ancestor_bits must be on {q.device} with contiguous words, got {ancestor_bits.device}")
-    if cache_lens.shape != (batch,) or cache_lens.dtype not in (torch.int32, torch.int64) or cache_lens.device != q.device:
-        raise ValueError(
-            f"cache_lens must be int32/int64 [batch] = ({batch},) on {q.device}, "
-            f"got {cache_lens.dtype} {tuple(cache_lens.shape)} on {cache_lens.device}"
-        )
+    config = _launch_config(q, k_cache, tree_in_cache, num_splits)
     if out is None:
         out = torch.empty_like(q)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
-        raise ValueError(f"out must be {q.dtype} {tuple(q.shape)} on {q.device} with a contiguous last dim")
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-
-    group = n_q_heads // n_kv_heads
-    n_rows = group * n_verify
-    block_m, block_n, num_warps, num_stages = _pick_blocks(n_rows)
-    m_blocks = triton.cdiv(n_rows, block_m)
-    if num_splits is None:
-        num_splits = _pick_num_splits(m_blocks * batch * n_kv_heads, cache_capacity, q.device)
-    if num_splits < 1:
-        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
-    # Chunks are whole tiles; recount the splits so that none is empty by construction.
-    chunk_len = block_n * max(1, triton.cdiv(triton.cdiv(max(cache_capacity, 1), num_splits), block_n))
-    num_splits = max(1, triton.cdiv(cache_capacity, chunk_len))
-    split = num_splits > 1
-    if split:
-        part_o = torch.empty((num_splits, batch * n_kv_heads, n_rows, head_dim), dtype=torch.float32, device=q.device)
-        part_lse = torch.empty((num_splits, batch * n_kv_heads, n_rows), dtype=torch.float32, device=q.device)
-    else:
-        part_o = part_lse = out  # unused by the kernel when SPLIT is off
-
-    block_d = triton.next_power_of_2(head_dim)
-    grid = (m_blocks, num_splits, batch * n_kv_heads)
-    _tree_attention_kernel[grid](
-        q, k_cache, v_cache, k_tree, v_tree, ancestor_bits, cache_lens, out, part_o, part_lse,
-        scale * LOG2E,
-        n_kv_heads, n_verify, n_words, chunk_len, num_splits,
-        q.stride(0), q.stride(1), q.stride(2),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        k_tree.stride(0), k_tree.stride(1), k_tree.stride(2),
-        v_tree.stride(0), v_tree.stride(1), v_tree.stride(2),
-        ancestor_bits.stride(0), ancestor_bits.stride(1),
-        out.stride(0), out.stride(1), out.stride(2),
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-        SPLIT=split, TREE_IN_CACHE=tree_in_cache,
-        INPUT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=num_stages,
+    scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+    partials = _launch_tree_attention(
+        q, k_cache, v_cache, k_tree, v_tree, ancestor_bits, cache_lens, out, scale, tree_in_cache, config
     )
-    if split:
-        block_r = 32
-        _tree_attention_combine_kernel[(triton.cdiv(n_rows, block_r), batch * n_kv_heads)](
-            part_o, part_lse, out,
-            n_kv_heads, n_verify, num_splits,
-            out.stride(0), out.stride(1), out.stride(2),
-            GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=block_r,
-            num_warps=4,
-        )
+    if partials is not None:
+        _launch_combine(*partials, out, config)
     return out

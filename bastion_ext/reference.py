@@ -1,8 +1,11 @@
 """Slow, obviously correct versions of every op: the test oracles.
 
 Plain Python and PyTorch, one request at a time, written to mirror ``docs/ops.md`` line by
-line rather than to be fast. The compiled ops must match these exactly (trees bit for bit,
-log-scores to 1e-5).
+line rather than to be fast. Each ``<op>_ref`` takes the op's arguments by the op's names and
+returns the op's type (``DraftTree``, ``VerifyResult``); the steps inside carry the names the
+CPU and CUDA code give them (``topk_logprobs``, ``expand_lattice``, ``cut_pop_sequence``,
+``write_outputs``; ``sample_inverse_cdf``, ``walk_tree``). The compiled ops must match these
+exactly (trees bit for bit, log-scores to 1e-5 on CUDA).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from bastion_ext.tree import DraftTree, VerifyResult
 
 POLICIES = ("fixed", "greedy_stop", "argmax")
 
@@ -54,7 +59,7 @@ def _add_f32(a: float, b: float) -> float:
     return (torch.tensor(a, dtype=torch.float32) + torch.tensor(b, dtype=torch.float32)).item()
 
 
-def expand_ref(cand_tokens: list[list[int]], cand_logq: list[list[float]], cap: int) -> TreeRef:
+def expand_lattice_ref(cand_tokens: list[list[int]], cand_logq: list[list[float]], cap: int) -> TreeRef:
     """Best-first expansion over the top-K lattice, up to ``cap`` pops (docs/ops.md, step 2)."""
     positions = len(cand_tokens)
     tree = TreeRef([], [], [], [], 0)
@@ -86,7 +91,7 @@ def expand_ref(cand_tokens: list[list[int]], cand_logq: list[list[float]], cap: 
     return tree
 
 
-def cut_ref(scores: list[float], policy: str, latency: list[float] | None, accept_scale: float) -> int:
+def cut_pop_sequence_ref(scores: list[float], policy: str, latency: list[float] | None, accept_scale: float) -> int:
     """Where to cut a pop sequence of log path scores (docs/ops.md, step 3)."""
     avail = len(scores)
     if policy == "fixed":
@@ -107,65 +112,69 @@ def cut_ref(scores: list[float], policy: str, latency: list[float] | None, accep
     return speedups.index(best) + 1
 
 
+def _per_request(value, batch: int, default) -> list:
+    """A per-request argument (tensor or sequence; one entry broadcasts) as ``batch`` Python values."""
+    values = [default] if value is None else (value.tolist() if isinstance(value, torch.Tensor) else list(value))
+    return values * batch if len(values) == 1 else values
+
+
 def build_tree_ref(
     draft_logits: torch.Tensor,
     k: int,
     max_nodes: int,
+    *,
     policy: str = "fixed",
-    budgets: list[int] | None = None,
+    budgets: torch.Tensor | list[int] | None = None,
     latency_table: torch.Tensor | None = None,
-    accept_scale: list[float] | None = None,
-    context_lens: list[int] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Reference ``build_tree``: same inputs and outputs as ``bastion_ext.ops.build_tree``.
+    accept_scale: torch.Tensor | list[float] | None = None,
+    context_lens: torch.Tensor | list[int] | None = None,
+) -> DraftTree:
+    """Reference ``build_tree``: the arguments and the result of ``bastion_ext.ops.build_tree``.
 
-    draft_logits: (B, P, V) float. latency_table: (B or 1, max_nodes) fp32.
-    Returns a dict of the output tensors of docs/ops.md (on the CPU).
+    draft_logits: (B, P, V) float. latency_table: (B or 1, max_nodes) fp32; accept_scale:
+    (B or 1,). Returns the trees on the CPU, every element written.
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     batch, positions, _ = draft_logits.shape
-    budgets = budgets if budgets is not None else [max_nodes] * batch
-    accept_scale = accept_scale if accept_scale is not None else [1.0] * batch
-    context_lens = context_lens if context_lens is not None else [0] * batch
-    n = max_nodes
-    words = (n + 31) // 32
-    out = {
-        "tokens": torch.full((batch, n), -1, dtype=torch.int64),
-        "parents": torch.full((batch, n), -1, dtype=torch.int32),
-        "depth": torch.zeros((batch, n), dtype=torch.int32),
-        "positions": torch.full((batch, n), -1, dtype=torch.int64),
-        "scores": torch.full((batch, n), -math.inf, dtype=torch.float32),
-        "n_nodes": torch.zeros((batch,), dtype=torch.int32),
-        "ancestor_bits": torch.zeros((batch, n, words), dtype=torch.int32),
-        "first_child": torch.full((batch, n + 1), -1, dtype=torch.int32),
-        "next_sibling": torch.full((batch, n), -1, dtype=torch.int32),
-    }
+    budgets = _per_request(budgets, batch, max_nodes)
+    accept_scale = _per_request(accept_scale, batch, 1.0)
+    context_lens = _per_request(context_lens, batch, 0)
+    latency_rows = None if latency_table is None else _per_request(latency_table.float(), batch, None)
+    out = DraftTree.empty(batch, max_nodes, positions)
     for b in range(batch):
         cands = [topk_logprobs_ref(draft_logits[b, p], k) for p in range(positions)]
-        tree = expand_ref([c[0] for c in cands], [c[1] for c in cands], budgets[b])
-        latency = None
-        if policy != "fixed":
-            row = latency_table[b if latency_table.shape[0] > 1 else 0]
-            latency = row.float().tolist()
-        scale = accept_scale[b if len(accept_scale) > 1 else 0]
-        cut = cut_ref(tree.scores, policy, latency, scale)
-        out["n_nodes"][b] = cut
-        out["tokens"][b, :cut] = torch.tensor(tree.tokens[:cut], dtype=torch.int64)
-        out["parents"][b, :cut] = torch.tensor(tree.parents[:cut], dtype=torch.int32)
-        out["depth"][b, :cut] = torch.tensor(tree.depth[:cut], dtype=torch.int32)
-        out["positions"][b, :cut] = context_lens[b] + torch.tensor(tree.depth[:cut], dtype=torch.int64)
-        out["scores"][b, :cut] = torch.tensor(tree.scores[:cut], dtype=torch.float32)
-        out["ancestor_bits"][b, :cut] = pack_bits_ref(ancestor_mask_ref(tree.parents[:cut]), words)
-        last_child: dict[int, int] = {}
-        for i in range(cut):
-            parent = tree.parents[i]
-            if parent in last_child:
-                out["next_sibling"][b, last_child[parent]] = i
-            else:
-                out["first_child"][b, parent + 1] = i
-            last_child[parent] = i
+        tree = expand_lattice_ref([c[0] for c in cands], [c[1] for c in cands], budgets[b])
+        latency = None if policy == "fixed" else latency_rows[b]
+        cut = cut_pop_sequence_ref(tree.scores, policy, latency, accept_scale[b])
+        write_outputs_ref(out, b, tree, cut, context_lens[b])
     return out
+
+
+def write_outputs_ref(out: DraftTree, b: int, tree: TreeRef, cut: int, context_len: int) -> None:
+    """Request ``b``'s rows of ``out``: the first ``cut`` pops, padding after them, the links
+    (first child / next sibling in pop order) and the packed ancestor rows (docs/ops.md, step 4)."""
+    max_nodes = out.max_nodes
+    pad = max_nodes - cut
+    out.n_nodes[b] = cut
+    out.tokens[b] = torch.tensor(tree.tokens[:cut] + [-1] * pad, dtype=torch.int64)
+    out.parents[b] = torch.tensor(tree.parents[:cut] + [-1] * pad, dtype=torch.int32)
+    out.depth[b] = torch.tensor(tree.depth[:cut] + [0] * pad, dtype=torch.int32)
+    out.positions[b] = torch.tensor([context_len + d for d in tree.depth[:cut]] + [-1] * pad, dtype=torch.int64)
+    out.scores[b] = torch.tensor(tree.scores[:cut] + [-math.inf] * pad, dtype=torch.float32)
+    words = (max_nodes + 31) // 32
+    out.ancestor_bits[b] = 0
+    out.ancestor_bits[b, :cut] = pack_bits_ref(ancestor_mask_ref(tree.parents[:cut]), words)
+    out.first_child[b] = -1
+    out.next_sibling[b] = -1
+    last_child: dict[int, int] = {}
+    for i in range(cut):
+        parent = tree.parents[i]
+        if parent in last_child:
+            out.next_sibling[b, last_child[parent]] = i
+        else:
+            out.first_child[b, parent + 1] = i
+        last_child[parent] = i
 
 
 def pack_bits_ref(mask: torch.Tensor, words: int) -> torch.Tensor:
@@ -192,39 +201,47 @@ def ancestor_mask_ref(parents: list[int]) -> torch.Tensor:
     return mask
 
 
-def verify_greedy_ref(
-    tokens: torch.Tensor, parents: torch.Tensor, n_nodes: torch.Tensor, target_argmax: torch.Tensor, positions: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The acceptance walk of method.md step 4, from parent pointers alone.
+def walk_tree_ref(parents: list[int], tokens: list[int], target_of, positions: int) -> tuple[list[int], int]:
+    """The acceptance walk of method.md step 4 over one request's parent pointers.
 
-    tokens: (B, N) int64; parents: (B, N) int32; n_nodes: (B,) int32;
-    target_argmax: (B, N + 1) int64 in verify indexing (0 = root, i + 1 = node i).
-    Returns accepted_nodes (B, positions) int32 (-1 after the path), accept_len (B,) int32,
-    bonus (B,) int64.
+    ``target_of(j)`` is the target token at verify index j (0 = root, i + 1 = node i). From
+    the root, follow the first child in pop order whose token is the target's, at most
+    ``positions`` steps. Returns the accepted nodes and the bonus token.
     """
-    batch = tokens.shape[0]
-    accepted = torch.full((batch, positions), -1, dtype=torch.int32)
-    accept_len = torch.zeros((batch,), dtype=torch.int32)
-    bonus = torch.zeros((batch,), dtype=torch.int64)
-    for b in range(batch):
-        n = int(n_nodes[b])
-        cur = -1
-        steps = 0
-        while True:
-            want = int(target_argmax[b, cur + 1])
-            # Children of cur in pop order: the first whose token matches.
-            nxt = next((i for i in range(n) if int(parents[b, i]) == cur and int(tokens[b, i]) == want), None)
-            if nxt is None or steps >= positions:
-                bonus[b] = want
-                break
-            accepted[b, steps] = nxt
-            steps += 1
-            cur = nxt
-        accept_len[b] = steps
-    return accepted, accept_len, bonus
+    path, cur = [], -1
+    while True:
+        want = target_of(cur + 1)
+        nxt = next((i for i in range(len(tokens)) if parents[i] == cur and tokens[i] == want), None)
+        if nxt is None or len(path) >= positions:
+            return path, want
+        path.append(nxt)
+        cur = nxt
 
 
-def sample_tokens_ref(target_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+def _walk_all_ref(tree: DraftTree, target_of) -> VerifyResult:
+    """``walk_tree_ref`` for every request; ``target_of(b, j)`` is request b's target at j."""
+    out = VerifyResult.empty(tree.batch_size, tree.draft_positions)
+    out.accepted_nodes.fill_(-1)
+    for b in range(tree.batch_size):
+        n = int(tree.n_nodes[b])
+        path, bonus = walk_tree_ref(tree.parents[b, :n].tolist(), tree.tokens[b, :n].tolist(),
+                                    lambda j: target_of(b, j), tree.draft_positions)  # fmt: skip
+        out.accepted_nodes[b, : len(path)] = torch.tensor(path, dtype=torch.int32)
+        out.accept_len[b] = len(path)
+        out.bonus[b] = bonus
+    return out
+
+
+def verify_greedy_ref(tree: DraftTree, target_argmax: torch.Tensor) -> VerifyResult:
+    """Reference ``verify_greedy``, from the tree's parent pointers alone (not its links).
+
+    target_argmax: (B, N + 1) int64 in verify indexing (0 = root, i + 1 = node i).
+    """
+    target = target_argmax.cpu()
+    return _walk_all_ref(tree, lambda b, j: int(target[b, j]))
+
+
+def sample_inverse_cdf_ref(target_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF samples: the smallest v with cumsum(p)[v] > u (docs/ops.md, verify_sample).
 
     target_probs: (B, M, V) fp32, rows summing to 1; uniforms: (B, M) fp32 in [0, 1).
@@ -243,17 +260,9 @@ def sample_tokens_ref(target_probs: torch.Tensor, uniforms: torch.Tensor) -> tor
     return out
 
 
-def verify_sample_ref(
-    tokens: torch.Tensor,
-    parents: torch.Tensor,
-    n_nodes: torch.Tensor,
-    target_probs: torch.Tensor,
-    uniforms: torch.Tensor,
-    positions: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Lossless sample-and-match walk: sample every verify token, then walk as greedy."""
-    samples = sample_tokens_ref(target_probs, uniforms)
-    return verify_greedy_ref(tokens, parents, n_nodes, samples, positions)
+def verify_sample_ref(tree: DraftTree, target_probs: torch.Tensor, uniforms: torch.Tensor) -> VerifyResult:
+    """Reference ``verify_sample``: sample every verify token, then walk as greedy."""
+    return verify_greedy_ref(tree, sample_inverse_cdf_ref(target_probs.cpu(), uniforms.cpu()))
 
 
 def tree_verify_mask_ref(ancestor_bits: torch.Tensor, cache_len: int, kv_len: int | None = None) -> torch.Tensor:
@@ -276,17 +285,7 @@ def tree_verify_mask_ref(ancestor_bits: torch.Tensor, cache_len: int, kv_len: in
     return mask
 
 
-def tree_attention_ref(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    k_tree: torch.Tensor | None,
-    v_tree: torch.Tensor | None,
-    ancestor_bits: torch.Tensor,
-    cache_lens: torch.Tensor,
-    scale: float | None = None,
-    compute_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
+def tree_attention_ref(q, k_cache, v_cache, k_tree, v_tree, ancestor_bits, cache_lens, scale=None, compute_dtype=torch.float32) -> torch.Tensor:
     """Reference ``tree_attention``: SDPA with the dense boolean mask, one request at a time.
 
     Same arguments as ``bastion_ext.attention.tree_attention`` (``k_tree = v_tree = None``:
@@ -328,21 +327,8 @@ def ancestor_bits_ref(parents: torch.Tensor) -> torch.Tensor:
     ``j == i`` or ``j`` is an ancestor of ``i``; rows of padding nodes (``parents[b, i] == -1``
     past the cut) are the caller's to zero.
     """
-    batch, n = parents.shape
-    parents = parents.to(torch.int64)
-    mask = torch.eye(n, dtype=torch.bool).expand(batch, n, n).clone()
-    rows = torch.arange(n).expand(batch, n)
-    cur = parents.clone()
-    while bool((cur >= 0).any()):
-        live = cur >= 0
-        mask[torch.arange(batch)[:, None].expand(batch, n)[live], rows[live], cur[live]] = True
-        cur = torch.where(live, parents.gather(1, cur.clamp(min=0)), cur)
-    words = (n + 31) // 32
-    padded = torch.zeros((batch, n, words * 32), dtype=torch.int64)
-    padded[:, :, :n] = mask.to(torch.int64)
-    weights = torch.tensor([1 << s for s in range(32)], dtype=torch.int64)
-    packed = (padded.view(batch, n, words, 32) * weights).sum(-1)
-    return torch.where(packed >= 1 << 31, packed - (1 << 32), packed).to(torch.int32)
+    words = (parents.shape[1] + 31) // 32
+    return torch.stack([pack_bits_ref(ancestor_mask_ref(row.tolist()), words) for row in parents.cpu()])
 
 
 def compact_kv_ref(cache: torch.Tensor, cache_lens: torch.Tensor, accepted_nodes: torch.Tensor, accept_len: torch.Tensor) -> torch.Tensor:

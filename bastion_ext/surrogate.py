@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from bastion_ext.tree import DraftTree
+
 
 def surrogate_prefix(scores: torch.Tensor) -> torch.Tensor:
     """A(n) = sum of the first n path probabilities, for every budget n.
@@ -94,11 +96,7 @@ class AcceptCalibrator:
         self._predicted.masked_fill_(slots, self.prior)
 
 
-def _field(tree, name: str) -> torch.Tensor:
-    return tree[name] if isinstance(tree, dict) else getattr(tree, name)
-
-
-def realized_accept_prefix(target_tokens: torch.Tensor, tree) -> torch.Tensor:
+def realized_accept_prefix(target_tokens: torch.Tensor, tree: DraftTree) -> torch.Tensor:
     """Accepted draft tokens for every budget n, given the target's true continuation.
 
     Parameters
@@ -106,8 +104,8 @@ def realized_accept_prefix(target_tokens: torch.Tensor, tree) -> torch.Tensor:
     target_tokens : (B, P) int64
         The target's greedy tokens at depths 1..P along the true continuation. The walk only
         ever visits nodes on that path, so these are all the target outputs it reads.
-    tree : DraftTree or the dict of build_tree_ref
-        Needs ``tokens`` (B, N) int64, ``parents`` (B, N) int32 and ``depth`` (B, N) int32.
+    tree : DraftTree
+        Reads ``tokens`` (B, N) int64, ``parents`` (B, N) int32 and ``depth`` (B, N) int32.
 
     Returns
     -------
@@ -115,7 +113,7 @@ def realized_accept_prefix(target_tokens: torch.Tensor, tree) -> torch.Tensor:
         Column n - 1 holds the accepted length of the tree's first n nodes (a prefix of the
         pop order is the tree of budget n).
     """
-    tokens, parents, depth = _field(tree, "tokens"), _field(tree, "parents").long(), _field(tree, "depth").long()
+    tokens, parents, depth = tree.tokens, tree.parents.long(), tree.depth.long()
     if target_tokens.dim() != 2 or target_tokens.shape[0] != tokens.shape[0]:
         raise ValueError(f"target_tokens must be (batch={tokens.shape[0]}, positions), got shape {tuple(target_tokens.shape)}")
     positions = target_tokens.shape[1]
@@ -130,19 +128,19 @@ def realized_accept_prefix(target_tokens: torch.Tensor, tree) -> torch.Tensor:
     return torch.cummax(torch.where(on_path, depth, 0), dim=1).values.int()
 
 
-def realized_accept_len(target_tokens: torch.Tensor, tree) -> torch.Tensor:
+def realized_accept_len(target_tokens: torch.Tensor, tree: DraftTree) -> torch.Tensor:
     """Accepted draft tokens of ``tree`` at its ``n_nodes``: what verify_greedy would return.
 
     Parameters
     ----------
     target_tokens : (B, P) int64
         The target's greedy tokens at depths 1..P along the true continuation.
-    tree : DraftTree or the dict of build_tree_ref
-        Needs ``tokens``, ``parents``, ``depth`` and ``n_nodes`` (B,) int32.
+    tree : DraftTree
+        Reads ``tokens``, ``parents``, ``depth`` and ``n_nodes`` (B,) int32.
 
     Returns
     -------
     accept_len : (B,) int32
     """
-    index = (_field(tree, "n_nodes").long() - 1).clamp(min=0)[:, None]
+    index = (tree.n_nodes.long() - 1).clamp(min=0)[:, None]
     return realized_accept_prefix(target_tokens, tree).gather(1, index)[:, 0]

@@ -52,26 +52,28 @@ class DraftTree:
     next_sibling: torch.Tensor
     draft_positions: int
 
+    @staticmethod
+    def layout(batch: int, max_nodes: int) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Dtype and shape of every tensor field (docs/ops.md): the one table that ``empty``,
+        the ``out=`` check and the op's fake read."""
+        rows = (batch, max_nodes)
+        return {
+            "tokens": (torch.int64, rows),
+            "parents": (torch.int32, rows),
+            "depth": (torch.int32, rows),
+            "positions": (torch.int64, rows),
+            "scores": (torch.float32, rows),
+            "n_nodes": (torch.int32, (batch,)),
+            "ancestor_bits": (torch.int32, (batch, max_nodes, (max_nodes + 31) // 32)),
+            "first_child": (torch.int32, (batch, max_nodes + 1)),
+            "next_sibling": (torch.int32, rows),
+        }
+
     @classmethod
     def empty(cls, batch: int, max_nodes: int, draft_positions: int, device: torch.device | str = "cpu") -> DraftTree:
         """Uninitialised output buffers for ``build_tree(..., out=)`` (e.g. for CUDA graphs)."""
-        words = (max_nodes + 31) // 32
-
-        def new(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-            return torch.empty(shape, dtype=dtype, device=device)
-
-        return cls(
-            tokens=new((batch, max_nodes), torch.int64),
-            parents=new((batch, max_nodes), torch.int32),
-            depth=new((batch, max_nodes), torch.int32),
-            positions=new((batch, max_nodes), torch.int64),
-            scores=new((batch, max_nodes), torch.float32),
-            n_nodes=new((batch,), torch.int32),
-            ancestor_bits=new((batch, max_nodes, words), torch.int32),
-            first_child=new((batch, max_nodes + 1), torch.int32),
-            next_sibling=new((batch, max_nodes), torch.int32),
-            draft_positions=draft_positions,
-        )
+        tensors = {name: torch.empty(shape, dtype=dtype, device=device) for name, (dtype, shape) in cls.layout(batch, max_nodes).items()}
+        return cls(**tensors, draft_positions=draft_positions)
 
     @property
     def batch_size(self) -> int:
@@ -202,11 +204,19 @@ class VerifyResult:
     accept_len: torch.Tensor
     bonus: torch.Tensor
 
+    @staticmethod
+    def layout(batch: int, draft_positions: int) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Dtype and shape of every field: read by ``empty``, the ``out=`` check and the fakes."""
+        return {
+            "accepted_nodes": (torch.int32, (batch, draft_positions)),
+            "accept_len": (torch.int32, (batch,)),
+            "bonus": (torch.int64, (batch,)),
+        }
+
     @classmethod
     def empty(cls, batch: int, draft_positions: int, device: torch.device | str = "cpu") -> VerifyResult:
         """Uninitialised output buffers for ``verify_greedy/verify_sample(..., out=)``."""
-        return cls(
-            accepted_nodes=torch.empty((batch, draft_positions), dtype=torch.int32, device=device),
-            accept_len=torch.empty((batch,), dtype=torch.int32, device=device),
-            bonus=torch.empty((batch,), dtype=torch.int64, device=device),
-        )
+        return cls(**{name: torch.empty(shape, dtype=dtype, device=device) for name, (dtype, shape) in cls.layout(batch, draft_positions).items()})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in ("accepted_nodes", "accept_len", "bonus")}

@@ -13,7 +13,7 @@ And the expansion + mask part alone, from the same precomputed top-K candidates:
 - ``cpp_expand``: ``bastion_ext._C.expand_from_candidates``: the op's own expansion, links and
   ancestor-bit code (the same functions build_tree calls after its top-K pass), outputs
   allocated per call.
-- ``ref_expand``: ``reference.expand_ref`` + ``reference.ancestor_mask_ref`` (dense bool).
+- ``ref_expand``: ``reference.expand_lattice_ref`` + ``reference.ancestor_mask_ref`` (dense bool).
 - ``pyheap_expand``: the Python-heap builder's expansion and dense mask loop.
 
 Run (full grid, a few minutes; prints a side-by-side table and saves JSON)::
@@ -97,7 +97,7 @@ def ref_candidates(logits: torch.Tensor, k: int) -> tuple[list[list[int]], list[
 
 
 def ref_expand(tokens: list[list[int]], logq: list[list[float]], max_nodes: int):
-    tree = reference.expand_ref(tokens, logq, max_nodes)
+    tree = reference.expand_lattice_ref(tokens, logq, max_nodes)
     return tree, reference.ancestor_mask_ref(tree.parents)
 
 

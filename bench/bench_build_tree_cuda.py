@@ -22,51 +22,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import bastion_ext._C  # noqa: F401  (registers torch.ops.bastion_ext.*)
-from bastion_ext.reference import expand_ref
+from bastion_ext.latency.devices import measure_bandwidth
+from bastion_ext.reference import expand_lattice_ref
+from bastion_ext.timing import time_us
 from bastion_ext.tree import DraftTree
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import time_us  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS_PER_GRAPH = 10
 REPLAYS = 30
 
 
-def graph_time_us(fn) -> dict[str, float]:
-    """Per-call µs of ``fn`` (median, q20, q80) from CUDA-graph replays timed with events."""
-    return time_us(fn, "cuda", repeats=REPLAYS, calls_per_graph=CALLS_PER_GRAPH)
-
-
-def copy_bandwidth_bytes_per_s() -> float:
-    """Device-to-device copy rate of a 512 MiB buffer, read + write bytes counted."""
-    src = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        dst.copy_(src)
-    end.record()
-    end.synchronize()
-    return 2 * src.numel() * 10 / (start.elapsed_time(end) * 1e-3)
-
-
 def host_heap_build(logits: torch.Tensor, k: int, n: int) -> tuple[torch.Tensor, ...]:
     """The public builders' pipeline for one request: GPU top-k, host heap, torch-op mask, copy back."""
     logq, tok = torch.topk(torch.log_softmax(logits[0].float(), dim=-1), k, dim=-1)
     logq, tok = logq.cpu().tolist(), tok.cpu().tolist()
-    tree = expand_ref(tok, logq, n)
+    tree = expand_lattice_ref(tok, logq, n)
     count = len(tree.parents)
     parents = torch.tensor(tree.parents)
     depth = torch.tensor(tree.depth)
@@ -79,15 +56,14 @@ def host_heap_build(logits: torch.Tensor, k: int, n: int) -> tuple[torch.Tensor,
 
 
 def host_time_us(logits: torch.Tensor, k: int, n: int, reps: int) -> float:
-    host_heap_build(logits, k, n)
-    times = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    """Median wall-clock µs of the host-heap pipeline, its GPU work finished included: timed on
+    the host's clock, since most of the pipeline is host work."""
+
+    def build_and_wait():
         host_heap_build(logits, k, n)
         torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(times)
+
+    return time_us(build_and_wait, "cpu", reps, warmup=1)["median_us"]
 
 
 def bench_build(batch: int, vocab: int, k: int, n: int, positions: int, bandwidth: float,
@@ -99,14 +75,16 @@ def bench_build(batch: int, vocab: int, k: int, n: int, positions: int, bandwidt
     t = DraftTree.empty(batch, n, positions, "cuda")
     args = (t.tokens, t.parents, t.depth, t.positions, t.scores, t.n_nodes, t.ancestor_bits,
             t.first_child, t.next_sibling)
-    ours = graph_time_us(lambda: torch.ops.bastion_ext.build_tree(logits, ctx, budgets, None, None, k, 0, *args))
+    ours = time_us(lambda: torch.ops.bastion_ext.build_tree(logits, ctx, budgets, None, None, k, 0, *args), "cuda",
+                   REPLAYS, CALLS_PER_GRAPH)
     # The same call at N = 1: the top-k / log-sum-exp scan and the merge with a trivial tree,
     # so the rows show how the time splits between the scan and the expansion.
     t1 = DraftTree.empty(batch, 1, positions, "cuda")
     one = torch.ones(batch, dtype=torch.int32, device="cuda")
     args1 = (t1.tokens, t1.parents, t1.depth, t1.positions, t1.scores, t1.n_nodes, t1.ancestor_bits,
              t1.first_child, t1.next_sibling)
-    scan = graph_time_us(lambda: torch.ops.bastion_ext.build_tree(logits, ctx, one, None, None, k, 0, *args1))
+    scan = time_us(lambda: torch.ops.bastion_ext.build_tree(logits, ctx, one, None, None, k, 0, *args1), "cuda",
+                   REPLAYS, CALLS_PER_GRAPH)
     floor_us = logits.numel() * logits.element_size() / bandwidth * 1e6
     row = {"op": "build_tree", "batch": batch, "positions": positions, "vocab": vocab, "k": k,
            "max_nodes": n, "dtype": "bfloat16", "ours": ours, "ours_at_n1": scan, "floor_us": floor_us,
@@ -136,7 +114,7 @@ def main() -> None:
         return
     torch.backends.cuda.matmul.allow_tf32 = False
     positions = 16
-    bandwidth = copy_bandwidth_bytes_per_s()
+    bandwidth = measure_bandwidth("cuda", repeats=10)
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)")
     batches, vocabs = ((1,), (151936,)) if opts.quick else ((1, 8, 32), (49152, 151936))
     rows = []

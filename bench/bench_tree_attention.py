@@ -9,16 +9,16 @@ its update (the verify tokens' keys follow the cache). The floor of a shape is t
 its bytes (K/V read once, q read, out written) over the measured copy bandwidth and its useful
 FLOPs (the unmasked query-key pairs, 4 * D each) over the measured bf16 matmul rate, both
 measured in the same run. Times are medians with the 20/80 quantiles of CUDA-event timings
-of each call's GPU work (L2 flushed before each call, the host given a head start so that
-Python launch overhead is not counted, as inside a CUDA graph); ``ours_eager_ms`` is
-``triton.testing.do_bench`` of our wrapper as an eager caller sees it. ``--check`` runs the correctness comparison only.
+of each call's GPU work (``bastion_ext.timing.time_us`` without a graph: L2 flushed before
+each call, the host given a head start so that Python launch overhead is not counted, as
+inside a CUDA graph); ``ours_eager_ms`` is ``triton.testing.do_bench`` of our wrapper as an
+eager caller sees it. ``--check`` runs the correctness comparison only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -32,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bastion_ext import attention  # noqa: E402
 from bastion_ext.attention import tree_attention  # noqa: E402
-from bastion_ext.reference import ancestor_bits_ref, expand_ref  # noqa: E402
+from bastion_ext.latency.devices import measure_bandwidth  # noqa: E402
+from bastion_ext.reference import ancestor_bits_ref, expand_lattice_ref  # noqa: E402
+from bastion_ext.timing import time_us  # noqa: E402
 
 # Qwen3-8B and Llama-3.1-8B have the same attention shape (32 query heads, 8 KV heads,
 # head_dim 128), so one row serves both.
@@ -52,53 +54,26 @@ def lattice_tree_parents(batch: int, n_nodes: int, gen: torch.Generator) -> torc
         logits = torch.randn(LATTICE_POSITIONS, 64, generator=gen) * 2.5
         logq = torch.log_softmax(logits, -1).topk(LATTICE_K, -1).values
         tokens = [list(range(LATTICE_K))] * LATTICE_POSITIONS
-        tree = expand_ref(tokens, logq.tolist(), n_nodes)
+        tree = expand_lattice_ref(tokens, logq.tolist(), n_nodes)
         rows.append(tree.parents + [-1] * (n_nodes - len(tree.parents)))
     return torch.tensor(rows, dtype=torch.int32)
 
 
-# GPU cycles of head start given to the host before each timed call (about 0.5 ms): the times
-# are then the kernels' own, as inside a CUDA graph, not the Python launch overhead.
-HEAD_START_CYCLES = 1_000_000
-_l2_flush = None
+def cold_time_us(fn) -> dict[str, float]:
+    """Per-call µs of ``fn``'s GPU work (median, q20, q80), L2 flushed before each call.
 
-
-def gpu_time(fn, target_ms: float = 60.0) -> tuple[float, float, float]:
-    """(median, 20%, 80%) ms of ``fn``'s GPU work, L2 flushed before each call."""
-    global _l2_flush
-    if _l2_flush is None:
-        _l2_flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
-    fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    reps = int(min(100, max(10, target_ms / max(start.elapsed_time(end), 1e-3))))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for i in range(reps):
-        _l2_flush.zero_()
-        torch.cuda._sleep(HEAD_START_CYCLES)
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
-    times = torch.tensor([s.elapsed_time(e) for s, e in zip(starts, ends)])
-    med, lo, hi = torch.quantile(times, torch.tensor(QUANTILES)).tolist()
-    return med, lo, hi
+    No CUDA graph: torch.compile'd FlexAttention compiles on its first calls, and the times
+    are cold-cache ones, which a flush inside a graph would add to."""
+    return time_us(fn, "cuda", cuda_graph=False, flush_l2=True)
 
 
 def measure_ceilings() -> dict[str, float]:
     """Device-to-device copy bandwidth (read + write counted) and bf16 matmul rate."""
-    src = torch.empty(2**30 // 2, dtype=torch.bfloat16, device="cuda").normal_()
-    dst = torch.empty_like(src)
-    copy_ms = gpu_time(lambda: dst.copy_(src))[0]
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    mm_ms = gpu_time(lambda: a @ b)[0]
-    del src, dst, a, b
-    return {"copy_bytes_per_s": 2 * 2**30 / (copy_ms * 1e-3), "bf16_matmul_flop_per_s": 2 * 8192**3 / (mm_ms * 1e-3)}
+    mm_s = cold_time_us(lambda: a @ b)["median_us"] * 1e-6
+    del a, b
+    return {"copy_bytes_per_s": measure_bandwidth("cuda", repeats=10), "bf16_matmul_flop_per_s": 2 * 8192**3 / mm_s}
 
 
 def make_case(batch, n_q_heads, n_kv_heads, head_dim, n_nodes, cache_len, gen):
@@ -157,8 +132,8 @@ def floor_of(q, k, bits, cache_len, ceilings) -> tuple[float, float, float]:
 
 def timed(fn) -> dict:
     try:
-        med, lo, hi = gpu_time(fn)
-        return {"ms": med, "ms_p20": lo, "ms_p80": hi}
+        t = cold_time_us(fn)
+        return {"ms": t["median_us"] / 1e3, "ms_p20": t["q20_us"] / 1e3, "ms_p80": t["q80_us"] / 1e3}
     except Exception as exc:  # one failing baseline (OOM, compile error) must not end the run
         torch.cuda.empty_cache()
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}

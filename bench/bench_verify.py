@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+sys.path.insert(0, str(ROOT))
 
 from bastion_ext import ops  # noqa: E402
+from bastion_ext.latency.devices import measure_bandwidth  # noqa: E402
+from bastion_ext.timing import time_us  # noqa: E402
 from bastion_ext.tree import DraftTree, VerifyResult  # noqa: E402
-from timing import time_us  # noqa: E402
 
 POSITIONS = 16
 
@@ -54,7 +55,7 @@ def bench_walks(batch: int, n: int, vocab: int, device) -> list[dict]:
     probs = torch.zeros((batch, n + 1, vocab), device=device)
     probs.scatter_(2, (target % vocab)[..., None], 1.0)
     uniforms = torch.rand((batch, n + 1), device=device)
-    sample = time_us(lambda: ops.verify_sample(tree, probs, uniforms, out=out, validate=False), device)
+    sample = time_us(lambda: ops.verify_sample(tree, probs, uniforms, out=out), device)
     assert int(out.accept_len.min()) == POSITIONS, "one-hot rows must accept every position"
     shape = {"batch": batch, "max_nodes": n, "positions": POSITIONS}
     return [{"op": "verify_greedy", **shape, "time": greedy}, {"op": "verify_sample", **shape, "vocab": vocab, "time": sample}]
@@ -80,16 +81,6 @@ def bench_compact(batch: int, layers: int, heads: int, head_dim: int, slots: int
     return row
 
 
-def copy_bandwidth(device) -> float | None:
-    """Bytes read + written per second of one large device-to-device copy (CUDA only)."""
-    if torch.device(device).type != "cuda":
-        return None
-    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    seconds = time_us(lambda: dst.copy_(src), device, repeats=10, calls_per_graph=2)["median_us"] / 1e6
-    return 2 * src.numel() / seconds
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT"), help="directory for the JSON (default $OUT, else bench/results)")
@@ -97,7 +88,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    bandwidth = copy_bandwidth(device)
+    bandwidth = measure_bandwidth(device, repeats=10) if device.type == "cuda" else None
     rows = []
     walks = ((1, 64, 1024), (4, 32, 1024)) if args.small else ((1, 1024, 151936), (32, 256, 151936))
     for batch, n, vocab in walks:

@@ -5,7 +5,7 @@ lattice, exactly build_tree's step 2); every policy's tree is a prefix of it, an
 realized accepted length of every prefix follows from the target's true tokens
 (``bastion_ext.surrogate.realized_accept_prefix``). Each policy plans its build from the
 latency model and its own online acceptance calibration, the cut is made with build_tree's
-rule (``bastion_ext.reference.cut_ref``), and the round is scored as accepted + 1 tokens
+rule (``bastion_ext.reference.cut_pop_sequence_ref``), and the round is scored as accepted + 1 tokens
 over the modelled round time T(n, c). Printed per policy: mean accepted length, mean tree
 size, modelled tokens/s, beside the oracle best fixed budget (best over every N, chosen with
 hindsight on the same rounds). A batch experiment replays mixed batches (half easy, half hard
@@ -43,8 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 from bastion_ext.latency import DEVICES, LatencyModel, ModelSpec, RooflineModel  # noqa: E402
 from bastion_ext.policy import Bastion, Fixed, GreedyStop, Policy, allocate_batch_budget  # noqa: E402
-from bastion_ext.reference import cut_ref, expand_ref  # noqa: E402
+from bastion_ext.reference import cut_pop_sequence_ref, expand_lattice_ref, write_outputs_ref  # noqa: E402
 from bastion_ext.surrogate import AcceptCalibrator, realized_accept_prefix, surrogate_prefix  # noqa: E402
+from bastion_ext.tree import DraftTree  # noqa: E402
 
 
 @dataclass
@@ -149,20 +150,14 @@ class ExpandedRounds:
 
 
 def expand_rounds(rounds: list[RecordedRound], n_max: int) -> ExpandedRounds:
-    count = len(rounds)
-    scores = torch.full((count, n_max), -math.inf)
-    tree = {name: torch.full((count, n_max), fill, dtype=dtype) for name, fill, dtype in (("tokens", -1, torch.int64), ("parents", -1, torch.int32), ("depth", 0, torch.int32))}
-    avail = torch.zeros(count, dtype=torch.int64)
+    positions = rounds[0].topk_ids.shape[0]
+    tree = DraftTree.empty(len(rounds), n_max, positions)
     for r, rnd in enumerate(rounds):
-        ref = expand_ref(rnd.topk_ids.tolist(), rnd.topk_logprobs.tolist(), n_max)
-        avail[r] = ref.n_nodes
-        scores[r, : ref.n_nodes] = torch.tensor(ref.scores)
-        tree["tokens"][r, : ref.n_nodes] = torch.tensor(ref.tokens)
-        tree["parents"][r, : ref.n_nodes] = torch.tensor(ref.parents, dtype=torch.int32)
-        tree["depth"][r, : ref.n_nodes] = torch.tensor(ref.depth, dtype=torch.int32)
+        ref = expand_lattice_ref(rnd.topk_ids.tolist(), rnd.topk_logprobs.tolist(), n_max)
+        write_outputs_ref(tree, r, ref, ref.n_nodes, rnd.context_len)
     targets = torch.stack([rnd.target_tokens for rnd in rounds])
     accepted = realized_accept_prefix(targets, tree)
-    return ExpandedRounds(scores, accepted, avail, torch.tensor([rnd.context_len for rnd in rounds]))
+    return ExpandedRounds(tree.scores, accepted, tree.n_nodes.long(), torch.tensor([rnd.context_len for rnd in rounds]))
 
 
 def replay_policy(policy: Policy, expanded: ExpandedRounds, latency: LatencyModel) -> dict:
@@ -176,7 +171,7 @@ def replay_policy(policy: Policy, expanded: ExpandedRounds, latency: LatencyMode
         if args.policy == "fixed":
             n = cap
         else:
-            n = cut_ref(expanded.scores[r, :cap].tolist(), args.policy, args.latency_table[0].tolist(), float(args.accept_scale[0]))
+            n = cut_pop_sequence_ref(expanded.scores[r, :cap].tolist(), args.policy, args.latency_table[0].tolist(), float(args.accept_scale[0]))
         accepted = expanded.accepted[r, n - 1]
         policy.observe(prefix_a[r, n - 1 : n], accepted.reshape(1))
         tokens += 1.0 + float(accepted)

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "build_tree_cpu.h"
+#include "build_tree_args.h"
 #include "checks.h"
 #include "tree_core.h"
 
@@ -42,7 +43,7 @@ TreeOutputs tree_outputs_at(at::Tensor& tokens, at::Tensor& parents, at::Tensor&
 
 // After expansion and the cut: positions of the first n nodes, padding past n, links and
 // ancestor rows. `last_child`: scratch of max_nodes + 1 entries.
-void finish_tree(const TreeOutputs& out, int n, int max_nodes, int words, int64_t context_len,
+void write_outputs(const TreeOutputs& out, int n, int max_nodes, int words, int64_t context_len,
                  int32_t* last_child) {
   for (int i = 0; i < n; ++i) out.positions[i] = context_len + out.depth[i];
   for (int i = n; i < max_nodes; ++i) {
@@ -57,7 +58,7 @@ void finish_tree(const TreeOutputs& out, int n, int max_nodes, int words, int64_
 }
 
 // Top-K + lse of every (request, position) row; throws naming draft_logits on bad values.
-void topk_all_rows(const at::Tensor& logits, int k, std::vector<RowCandidates>& cands) {
+void topk_logprobs_all_rows(const at::Tensor& logits, int k, std::vector<RowCandidates>& cands) {
   const int64_t rows = logits.size(0) * logits.size(1);
   const int64_t vocab = logits.size(2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "build_tree_cpu", [&] {
@@ -65,9 +66,9 @@ void topk_all_rows(const at::Tensor& logits, int k, std::vector<RowCandidates>& 
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const RowStatus status = topk_logprobs(base + r * vocab, vocab, k, &cands[r]);
-        TORCH_CHECK(status != RowStatus::kNonFinite, "draft_logits must not contain NaN or +inf (batch ",
+        TORCH_CHECK_VALUE(status != RowStatus::kNonFinite, "draft_logits must not contain NaN or +inf (batch ",
                     r / logits.size(1), ", position ", r % logits.size(1), ")");
-        TORCH_CHECK(status != RowStatus::kAllNegInf, "draft_logits has a row that is all -inf (batch ",
+        TORCH_CHECK_VALUE(status != RowStatus::kAllNegInf, "draft_logits has a row that is all -inf (batch ",
                     r / logits.size(1), ", position ", r % logits.size(1), ")");
       }
     });
@@ -80,38 +81,33 @@ void check_build_tree_values(const at::Tensor& context_lens, const at::Tensor& b
                              const std::optional<at::Tensor>& accept_scale, int64_t max_nodes) {
   const int32_t* budget = budgets.data_ptr<int32_t>();
   for (int64_t b = 0; b < budgets.numel(); ++b) {
-    TORCH_CHECK(budget[b] >= 1 && budget[b] <= max_nodes, "budgets must be in [1, max_nodes = ",
+    TORCH_CHECK_VALUE(budget[b] >= 1 && budget[b] <= max_nodes, "budgets must be in [1, max_nodes = ",
                 max_nodes, "], got ", budget[b], " at batch ", b);
   }
   const int64_t* ctx = context_lens.data_ptr<int64_t>();
   for (int64_t b = 0; b < context_lens.numel(); ++b) {
-    TORCH_CHECK(ctx[b] >= 0, "context_lens must be >= 0, got ", ctx[b], " at batch ", b);
+    TORCH_CHECK_VALUE(ctx[b] >= 0, "context_lens must be >= 0, got ", ctx[b], " at batch ", b);
   }
   if (latency_table.has_value()) {
     const float* t = latency_table->data_ptr<float>();
     for (int64_t i = 0; i < latency_table->numel(); ++i) {
-      TORCH_CHECK(std::isfinite(t[i]) && t[i] > 0.0f, "latency_table must be finite and > 0, got ",
+      TORCH_CHECK_VALUE(std::isfinite(t[i]) && t[i] > 0.0f, "latency_table must be finite and > 0, got ",
                   t[i], " at flat index ", i);
     }
   }
   if (accept_scale.has_value()) {
     const float* s = accept_scale->data_ptr<float>();
     for (int64_t i = 0; i < accept_scale->numel(); ++i) {
-      TORCH_CHECK(std::isfinite(s[i]) && s[i] >= 0.0f, "accept_scale must be finite and >= 0, got ",
+      TORCH_CHECK_VALUE(std::isfinite(s[i]) && s[i] >= 0.0f, "accept_scale must be finite and >= 0, got ",
                   s[i], " at index ", i);
     }
   }
 }
 
-void build_tree_cpu(const at::Tensor& draft_logits, const at::Tensor& context_lens,
-                    const at::Tensor& budgets, const std::optional<at::Tensor>& latency_table,
-                    const std::optional<at::Tensor>& accept_scale, int64_t k, int64_t policy,
-                    at::Tensor& tokens, at::Tensor& parents, at::Tensor& depth, at::Tensor& positions,
-                    at::Tensor& scores, at::Tensor& n_nodes, at::Tensor& ancestor_bits,
-                    at::Tensor& first_child, at::Tensor& next_sibling) {
-  check_build_tree_args(draft_logits, context_lens, budgets, latency_table, accept_scale, k, policy,
-                        tokens, parents, depth, positions, scores, n_nodes, ancestor_bits,
-                        first_child, next_sibling);
+void build_tree_cpu(const BuildTreeArgs& a) {
+  const auto& [draft_logits, context_lens, budgets, latency_table, accept_scale, k, policy, tokens,
+               parents, depth, positions, scores, n_nodes, ancestor_bits, first_child,
+               next_sibling] = a;
   const auto ctx = context_lens.contiguous();
   const auto bud = budgets.contiguous();
   const auto lat = latency_table.has_value() ? std::optional<at::Tensor>(latency_table->contiguous())
@@ -125,7 +121,7 @@ void build_tree_cpu(const at::Tensor& draft_logits, const at::Tensor& context_le
   const int64_t batch = logits.size(0);
   const int num_pos = static_cast<int>(logits.size(1));
   std::vector<RowCandidates> cands(batch * num_pos);
-  topk_all_rows(logits, static_cast<int>(k), cands);
+  topk_logprobs_all_rows(logits, static_cast<int>(k), cands);
 
   const int words = static_cast<int>(ancestor_bits.size(2));
   const int32_t* budget = bud.data_ptr<int32_t>();
@@ -147,7 +143,7 @@ void build_tree_cpu(const at::Tensor& draft_logits, const at::Tensor& context_le
       const float s = scale_vals ? scale_vals[scale_per_request ? b : 0] : 1.0f;
       const int n = cut_pop_sequence(out.scores, avail, static_cast<Policy>(policy), latency, s);
       n_nodes.data_ptr<int32_t>()[b] = n;
-      finish_tree(out, n, static_cast<int>(max_nodes), words, ctx_len[b], last_child.data());
+      write_outputs(out, n, static_cast<int>(max_nodes), words, ctx_len[b], last_child.data());
     }
   });
 }
@@ -158,7 +154,7 @@ void build_tree_cpu(const at::Tensor& draft_logits, const at::Tensor& context_le
 std::vector<at::Tensor> expand_from_candidates_cpu(const at::Tensor& cand_tokens,
                                                    const at::Tensor& cand_logq,
                                                    const at::Tensor& cand_count, int64_t max_nodes) {
-  TORCH_CHECK(cand_tokens.dim() == 2 && cand_tokens.size(0) >= 1 &&
+  TORCH_CHECK_VALUE(cand_tokens.dim() == 2 && cand_tokens.size(0) >= 1 &&
                   cand_tokens.size(0) <= kMaxPositions && cand_tokens.size(1) >= 1 &&
                   cand_tokens.size(1) <= kMaxK,
               "cand_tokens must have shape [positions <= ", kMaxPositions, ", k <= ", kMaxK,
@@ -170,7 +166,7 @@ std::vector<at::Tensor> expand_from_candidates_cpu(const at::Tensor& cand_tokens
   check_dtype(cand_logq, "cand_logq", at::kFloat);
   check_shape(cand_count, "cand_count", "[positions]", {num_pos});
   check_dtype(cand_count, "cand_count", at::kInt);
-  TORCH_CHECK(max_nodes >= 1 && max_nodes <= kMaxNodes, "max_nodes must be in [1, ", kMaxNodes,
+  TORCH_CHECK_VALUE(max_nodes >= 1 && max_nodes <= kMaxNodes, "max_nodes must be in [1, ", kMaxNodes,
               "], got ", max_nodes);
   const auto toks = cand_tokens.contiguous();
   const auto logq = cand_logq.contiguous();
@@ -178,7 +174,7 @@ std::vector<at::Tensor> expand_from_candidates_cpu(const at::Tensor& cand_tokens
   std::vector<RowCandidates> cands(num_pos);
   for (int64_t p = 0; p < num_pos; ++p) {
     const int32_t c = count.data_ptr<int32_t>()[p];
-    TORCH_CHECK(c >= 0 && c <= k, "cand_count must be in [0, k = ", k, "], got ", c);
+    TORCH_CHECK_VALUE(c >= 0 && c <= k, "cand_count must be in [0, k = ", k, "], got ", c);
     cands[p].count = c;
     for (int32_t r = 0; r < c; ++r) {
       cands[p].tokens[r] = toks.data_ptr<int64_t>()[p * k + r];
@@ -203,10 +199,10 @@ std::vector<at::Tensor> expand_from_candidates_cpu(const at::Tensor& cand_tokens
   const int n = expand_lattice(cands.data(), static_cast<int>(num_pos), static_cast<int>(max_nodes),
                                heap.data(), out.tokens, out.parents, out.depth, out.scores);
   n_nodes.data_ptr<int32_t>()[0] = n;
-  finish_tree(out, n, static_cast<int>(max_nodes), words, 0, last_child.data());
+  write_outputs(out, n, static_cast<int>(max_nodes), words, 0, last_child.data());
   return {tokens, parents, depth, positions, scores, n_nodes, ancestor_bits, first_child, next_sibling};
 }
 
-TORCH_LIBRARY_IMPL(bastion_ext, CPU, m) { m.impl("build_tree", &build_tree_cpu); }
+TORCH_LIBRARY_IMPL(bastion_ext, CPU, m) { m.impl("build_tree", &build_tree_op<build_tree_cpu>); }
 
 }  // namespace bastion

@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "build_tree_cuda.cuh"
+#include "build_tree_args.h"
 #include "checks.h"
 
 namespace bastion {
@@ -23,7 +24,7 @@ LogitDType logit_dtype_of(const at::Tensor& logits) {
     case at::kFloat: return LogitDType::kFloat32;
     case at::kHalf: return LogitDType::kFloat16;
     case at::kBFloat16: return LogitDType::kBFloat16;
-    default: TORCH_CHECK(false, "draft_logits must be float32, float16 or bfloat16, got ",
+    default: TORCH_CHECK_VALUE(false, "draft_logits must be float32, float16 or bfloat16, got ",
                          c10::toString(logits.scalar_type()));
   }
 }
@@ -31,7 +32,7 @@ LogitDType logit_dtype_of(const at::Tensor& logits) {
 // SMs of `device`, asked once per device (a host query, legal during graph capture).
 int multiprocessor_count(int device) {
   static int counts[64] = {};
-  TORCH_CHECK(device >= 0 && device < 64, "draft_logits is on CUDA device ", device,
+  TORCH_CHECK_VALUE(device >= 0 && device < 64, "draft_logits is on CUDA device ", device,
               ", beyond the 64 this build supports");
   if (counts[device] == 0) {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));
@@ -39,20 +40,15 @@ int multiprocessor_count(int device) {
   return counts[device];
 }
 
-void build_tree_cuda(const at::Tensor& draft_logits, const at::Tensor& context_lens,
-                     const at::Tensor& budgets, const std::optional<at::Tensor>& latency_table,
-                     const std::optional<at::Tensor>& accept_scale, int64_t k, int64_t policy,
-                     at::Tensor& tokens, at::Tensor& parents, at::Tensor& depth, at::Tensor& positions,
-                     at::Tensor& scores, at::Tensor& n_nodes, at::Tensor& ancestor_bits,
-                     at::Tensor& first_child, at::Tensor& next_sibling) {
-  check_build_tree_args(draft_logits, context_lens, budgets, latency_table, accept_scale, k, policy,
-                        tokens, parents, depth, positions, scores, n_nodes, ancestor_bits,
-                        first_child, next_sibling);
-  TORCH_CHECK(draft_logits.is_cuda(), "draft_logits must be a CUDA tensor, got ", draft_logits.device());
+void build_tree_cuda(const BuildTreeArgs& a) {
+  const auto& [draft_logits, context_lens, budgets, latency_table, accept_scale, k, policy, tokens,
+               parents, depth, positions, scores, n_nodes, ancestor_bits, first_child,
+               next_sibling] = a;
+  TORCH_CHECK_VALUE(draft_logits.is_cuda(), "draft_logits must be a CUDA tensor, got ", draft_logits.device());
   // Candidate ids travel in 32 bits inside the kernels' sort keys.
-  TORCH_CHECK(draft_logits.size(2) <= INT32_MAX, "draft_logits vocab must be < 2^31, got shape ",
+  TORCH_CHECK_VALUE(draft_logits.size(2) <= INT32_MAX, "draft_logits vocab must be < 2^31, got shape ",
               shape_str(draft_logits));
-  TORCH_CHECK(draft_logits.size(0) * draft_logits.size(1) <= INT32_MAX,
+  TORCH_CHECK_VALUE(draft_logits.size(0) * draft_logits.size(1) <= INT32_MAX,
               "draft_logits batch * positions must be < 2^31, got shape ", shape_str(draft_logits));
   const c10::cuda::CUDAGuard guard(draft_logits.device());
   const auto logits = draft_logits.contiguous();
@@ -104,6 +100,6 @@ void build_tree_cuda(const at::Tensor& draft_logits, const at::Tensor& context_l
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(bastion_ext, CUDA, m) { m.impl("build_tree", &build_tree_cuda); }
+TORCH_LIBRARY_IMPL(bastion_ext, CUDA, m) { m.impl("build_tree", &build_tree_op<build_tree_cuda>); }
 
 }  // namespace bastion

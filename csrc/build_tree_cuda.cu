@@ -91,7 +91,7 @@ __device__ void compact_candidates(uint64_t* keys, int* count, uint64_t* thresho
 // One slice of one logit row: fp64 lse pair, top-k keys, NaN / +inf flag.
 // grid: (rows, splits); block: kScanThreads.
 template <typename T>
-__global__ void __launch_bounds__(kScanThreads) row_scan_kernel(const T* __restrict__ logits,
+__global__ void __launch_bounds__(kScanThreads) topk_scan_kernel(const T* __restrict__ logits,
                                                                 int64_t vocab, int k, int splits,
                                                                 ScanWorkspace ws) {
   __shared__ uint64_t keys[kScanBuffer];
@@ -227,7 +227,7 @@ __device__ __forceinline__ int count_greater(const uint64_t* list, int k, uint64
 // Step 1's merge: each position's top-k over all slices (a key's rank is its index in its
 // slice plus the keys above it in the other slices), lse from the slices' pairs, logq.
 // Writes cand_key / logq / cand_count; returns through *bad whether the request is invalid.
-__device__ void merge_positions(const BuildTreeParams& prm, const ScanWorkspace& ws, int b,
+__device__ void topk_logprobs(const BuildTreeParams& prm, const ScanWorkspace& ws, int b,
                                 uint64_t* merge_keys, uint64_t (*cand_key)[kMaxK],
                                 float (*logq)[kMaxK], int* cand_count, int* bad) {
   const int k = prm.k;
@@ -376,7 +376,7 @@ __device__ int expand_lattice(const ExpandShared& s, const float (*logq)[kMaxK],
 
 // Step 3: the cut for the greedy_stop / argmax policies. `gain` and `speedup` are scratch of
 // avail floats each. Called by the whole block; returns n in [1, avail].
-__device__ int cut_by_speedup(const BuildTreeParams& prm, int b, const float* node_score, int avail,
+__device__ int cut_pop_sequence(const BuildTreeParams& prm, int b, const float* node_score, int avail,
                               float* gain, float* speedup, int* shared_int, float* shared_float) {
   for (int i = threadIdx.x; i < avail; i += blockDim.x) {
     gain[i] = __double2float_rn(exp(static_cast<double>(node_score[i])));
@@ -499,7 +499,7 @@ __global__ void __launch_bounds__(kExpandThreads) expand_kernel(BuildTreeParams 
   if (threadIdx.x == 0) bad = 0;
   __syncthreads();
   const ExpandShared s = expand_shared(dynamic_shared, n_max, prm.positions);
-  merge_positions(prm, ws, b, s.merge_keys, cand_key, logq, cand_count, &bad);
+  topk_logprobs(prm, ws, b, s.merge_keys, cand_key, logq, cand_count, &bad);
 
   // merge_keys may overlap every tree array; the merge's last barrier has passed, so the
   // tree arrays may be initialised now.
@@ -517,16 +517,16 @@ __global__ void __launch_bounds__(kExpandThreads) expand_kernel(BuildTreeParams 
   int cut = avail;
   if (cut > 0 && prm.policy != static_cast<int>(Policy::kFixed)) {
     float* scratch = reinterpret_cast<float*>(s.heap);
-    cut = cut_by_speedup(prm, b, s.node_score, cut, scratch, scratch + n_max, &cut_int, &cut_float);
+    cut = cut_pop_sequence(prm, b, s.node_score, cut, scratch, scratch + n_max, &cut_int, &cut_float);
   }
   if (threadIdx.x == 0) prm.n_nodes[b] = cut;
   write_outputs(prm, s, cand_key, b, cut);
 }
 
 template <typename T>
-void launch_row_scan(const BuildTreeParams& prm, const ScanWorkspace& ws, cudaStream_t stream) {
+void launch_topk_scan(const BuildTreeParams& prm, const ScanWorkspace& ws, cudaStream_t stream) {
   const dim3 grid(prm.batch * prm.positions, prm.splits);
-  row_scan_kernel<T><<<grid, kScanThreads, 0, stream>>>(static_cast<const T*>(prm.draft_logits),
+  topk_scan_kernel<T><<<grid, kScanThreads, 0, stream>>>(static_cast<const T*>(prm.draft_logits),
                                                         prm.vocab, prm.k, prm.splits, ws);
 }
 
@@ -579,9 +579,9 @@ cudaError_t launch_build_tree(const BuildTreeParams& prm, cudaStream_t stream) {
   }
   const ScanWorkspace ws = scan_workspace(prm.workspace, prm.batch * prm.positions, prm.splits);
   switch (prm.logit_dtype) {
-    case LogitDType::kFloat32: launch_row_scan<float>(prm, ws, stream); break;
-    case LogitDType::kFloat16: launch_row_scan<__half>(prm, ws, stream); break;
-    case LogitDType::kBFloat16: launch_row_scan<__nv_bfloat16>(prm, ws, stream); break;
+    case LogitDType::kFloat32: launch_topk_scan<float>(prm, ws, stream); break;
+    case LogitDType::kFloat16: launch_topk_scan<__half>(prm, ws, stream); break;
+    case LogitDType::kBFloat16: launch_topk_scan<__nv_bfloat16>(prm, ws, stream); break;
     default: return cudaErrorInvalidValue;
   }
   cudaError_t err = cudaGetLastError();

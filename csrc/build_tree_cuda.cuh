@@ -3,7 +3,7 @@
 // launch_build_tree; nothing here knows about torch, so the .cu compiles with nvcc alone.
 //
 // Two kernels, both on `stream`, no host sync, no allocation:
-//   1. row_scan_kernel, grid (splits, batch * positions): each block scans one slice of one
+//   1. topk_scan_kernel, grid (splits, batch * positions): each block scans one slice of one
 //      logit row once, keeping a running fp64 (max, sum exp) pair and the slice's top-k as
 //      64-bit sort keys; it writes them to the workspace. Splitting rows over several blocks
 //      is what lets B = 1 use the whole GPU.

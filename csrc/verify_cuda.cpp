@@ -15,7 +15,7 @@ namespace {
 VerifyParams verify_params(const at::Tensor& tokens, const at::Tensor& first_child,
                            const at::Tensor& next_sibling, at::Tensor& accepted_nodes,
                            at::Tensor& accept_len, at::Tensor& bonus, at::Tensor (&keep)[3]) {
-  TORCH_CHECK(tokens.is_cuda(), "tokens must be a CUDA tensor, got ", tokens.device());
+  TORCH_CHECK_VALUE(tokens.is_cuda(), "tokens must be a CUDA tensor, got ", tokens.device());
   keep[0] = tokens.contiguous();
   keep[1] = first_child.contiguous();
   keep[2] = next_sibling.contiguous();
@@ -53,7 +53,7 @@ void verify_sample_cuda(const at::Tensor& tokens, const at::Tensor& first_child,
                         at::Tensor& bonus) {
   check_verify_tree_args(tokens, first_child, next_sibling, accepted_nodes, accept_len, bonus);
   check_verify_sample_args(tokens, target_probs, uniforms);
-  TORCH_CHECK(target_probs.size(2) <= INT32_MAX, "target_probs vocab must be < 2^31, got shape ",
+  TORCH_CHECK_VALUE(target_probs.size(2) <= INT32_MAX, "target_probs vocab must be < 2^31, got shape ",
               shape_str(target_probs));
   const c10::cuda::CUDAGuard guard(tokens.device());
   at::Tensor keep[3];

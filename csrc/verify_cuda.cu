@@ -21,7 +21,7 @@ __device__ __forceinline__ int checked_link(int link, int from, int max_nodes) {
 // One block per request. The tree's links go to shared memory; every children list is then
 // matched against its parent's target token in parallel (one thread per list), so the
 // sequential walk only reads shared flags.
-__global__ void __launch_bounds__(kWalkThreads) walk_kernel(VerifyParams prm,
+__global__ void __launch_bounds__(kWalkThreads) walk_tree_kernel(VerifyParams prm,
                                                             const int64_t* __restrict__ target) {
   extern __shared__ __align__(16) char dynamic_shared[];
   const int n = prm.max_nodes;
@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(VerifyParams prm,
 // a time in fp64 (a different association than a serial loop, but fp64 keeps the rounded
 // fp32 prefix the same except within ~1e-16 of a boundary) and stops at the first tile that
 // crosses u.
-__global__ void __launch_bounds__(kSampleThreads) sample_kernel(const float* __restrict__ probs,
+__global__ void __launch_bounds__(kSampleThreads) sample_inverse_cdf_kernel(const float* __restrict__ probs,
                                                                 int64_t vocab,
                                                                 const float* __restrict__ uniforms,
                                                                 int64_t* __restrict__ samples) {
@@ -131,14 +131,14 @@ size_t walk_shared_bytes(int max_nodes) {
 }  // namespace
 
 cudaError_t launch_verify_greedy(const VerifyParams& prm, const int64_t* target, cudaStream_t stream) {
-  walk_kernel<<<prm.batch, kWalkThreads, walk_shared_bytes(prm.max_nodes), stream>>>(prm, target);
+  walk_tree_kernel<<<prm.batch, kWalkThreads, walk_shared_bytes(prm.max_nodes), stream>>>(prm, target);
   return cudaGetLastError();
 }
 
 cudaError_t launch_verify_sample(const VerifyParams& prm, const float* target_probs, int64_t vocab,
                                  const float* uniforms, int64_t* samples, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(prm.batch) * (prm.max_nodes + 1);
-  sample_kernel<<<static_cast<unsigned>(rows), kSampleThreads, 0, stream>>>(target_probs, vocab,
+  sample_inverse_cdf_kernel<<<static_cast<unsigned>(rows), kSampleThreads, 0, stream>>>(target_probs, vocab,
                                                                            uniforms, samples);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;

@@ -2,6 +2,7 @@
 the in-place contract, bad inputs naming the argument, opcheck."""
 
 import pytest
+import op_calls
 import torch
 
 from bastion_ext import ops
@@ -37,7 +38,7 @@ def test_compact_kv_matches_reference(device, dtype):
     for seed in range(200 if dtype == torch.float32 else 40):
         cache, cache_lens, accepted, accept_len = random_path_case(seed, dtype, device)
         want = compact_kv_ref(cache.cpu(), cache_lens.cpu(), accepted.cpu(), accept_len.cpu())
-        got = ops.compact_kv(cache, cache_lens, accepted, accept_len)
+        got = op_calls.compact_kv(cache, cache_lens, accepted, accept_len)
         assert got is cache
         torch.testing.assert_close(got.cpu(), want, rtol=0, atol=0, msg=f"seed {seed}")
 
@@ -45,7 +46,7 @@ def test_compact_kv_matches_reference(device, dtype):
 def test_compact_kv_moves_the_path_after_the_root():
     # One request, root at slot 2, verify nodes at 3.., path = nodes 1 and 4.
     cache = torch.arange(10, dtype=torch.float32).reshape(1, 1, 1, 10, 1).clone()
-    ops.compact_kv(cache, torch.tensor([2]), torch.tensor([[1, 4, -1]], dtype=torch.int32), torch.tensor([2], dtype=torch.int32))
+    op_calls.compact_kv(cache, torch.tensor([2]), torch.tensor([[1, 4, -1]], dtype=torch.int32), torch.tensor([2], dtype=torch.int32))
     assert cache.flatten().tolist() == [0, 1, 2, 4, 7, 5, 6, 7, 8, 9]
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bastion_ext import ops
-from tree_cases import TreeCase, random_latency, random_logits
-from tree_op_cases import assert_same_tree, assert_same_walk, empty_tree, empty_walk, random_targets, run_build_tree
+from tree_cases import TreeCase, assert_same_tree, assert_same_walk, random_latency, random_logits
+from tree_op_cases import empty_tree, empty_walk, random_targets, run_build_tree
 
 pytestmark = pytest.mark.cuda
 
@@ -44,7 +44,7 @@ def test_build_and_verify_replay_in_cuda_graph():
     def one_round():
         ops.build_tree(static["draft_logits"], K, MAX_NODES, policy="argmax", budgets=static["budgets"],
                        latency_table=static["latency_table"], accept_scale=static["accept_scale"],
-                       context_lens=static["context_lens"], out=tree, validate=False)
+                       context_lens=static["context_lens"], out=tree)
         ops.verify_greedy(tree, static["target"], out=walk)
 
     # Warm up on a side stream (first-call host work, allocator pools) before capturing.
@@ -67,6 +67,6 @@ def test_build_and_verify_replay_in_cuda_graph():
         static["target"].copy_(target)
         graph.replay()
         torch.cuda.synchronize()
-        assert_same_tree(tree, want_tree, f"replay {replay}")
+        assert_same_tree(tree, want_tree, f"replay {replay}", scores_atol=1e-5)
         want_walk = ops.verify_greedy(want_tree, target, out=empty_walk(BATCH, POSITIONS, "cpu"))
         assert_same_walk(walk, want_walk, f"replay {replay}")

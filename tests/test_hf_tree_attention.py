@@ -42,8 +42,8 @@ def verify_setup(smollm2):
     tree = build_tree_ref(
         torch.randn(2, 4, 300, generator=gen) * 3, k=3, max_nodes=12, context_lens=[context_len] * 2
     )
-    verify_ids = torch.cat([ids[:, context_len:], tree["tokens"]], dim=1).to(device)
-    positions = torch.cat([torch.full((2, 1), context_len), tree["positions"]], dim=1).to(device)
+    verify_ids = torch.cat([ids[:, context_len:], tree.tokens], dim=1).to(device)
+    positions = torch.cat([torch.full((2, 1), context_len), tree.positions], dim=1).to(device)
     return model, cache, tree, verify_ids, positions, context_len
 
 
@@ -57,11 +57,11 @@ def forward(model, cache, verify_ids, positions, **kwargs):
 def test_tree_verify_matches_dense_mask_sdpa(verify_setup):
     model, cache, tree, verify_ids, positions, context_len = verify_setup
     assert model.config._attn_implementation == "sdpa"
-    dense = torch.stack([tree_verify_mask_ref(tree["ancestor_bits"][b], context_len) for b in range(2)])
+    dense = torch.stack([tree_verify_mask_ref(tree.ancestor_bits[b], context_len) for b in range(2)])
     expected = forward(model, cache, verify_ids, positions, attention_mask=dense[:, None].to(model.device))
     try:
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
-        with tree_verify_context(tree["ancestor_bits"].to(model.device)):
+        with tree_verify_context(tree.ancestor_bits.to(model.device)):
             got = forward(model, cache, verify_ids, positions)
     finally:
         model.set_attn_implementation("sdpa")
@@ -87,7 +87,7 @@ def test_context_checks_tree_size(verify_setup):
     model, cache, tree, verify_ids, positions, _ = verify_setup
     try:
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
-        with tree_verify_context(tree["ancestor_bits"][:, :5].to(model.device)):
+        with tree_verify_context(tree.ancestor_bits[:, :5].to(model.device)):
             with pytest.raises(ValueError, match="ancestor_bits"):
                 forward(model, cache, verify_ids, positions)
     finally:

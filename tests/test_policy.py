@@ -5,8 +5,9 @@ import math
 
 import pytest
 import torch
-from budget_helpers import build_tree_any, draft_logits
+from budget_helpers import draft_logits
 
+from bastion_ext import ops
 from bastion_ext.latency import LatencyModel, ModelSpec, RooflineModel
 from bastion_ext.policy import Bastion, BuildArgs, Fixed, GreedyStop, allocate_batch_budget
 from bastion_ext.surrogate import surrogate_accept, surrogate_prefix
@@ -43,7 +44,7 @@ def one_position_logits(probabilities):
 
 def cut_of(policy, logits, k, context_lens=64):
     args = policy.plan(context_lens)
-    return build_tree_any(logits, k, policy.max_nodes, **args.kwargs()).n_nodes
+    return ops.build_tree(logits, k, policy.max_nodes, **args.kwargs()).n_nodes
 
 
 def test_fixed_plans_a_fixed_build():
@@ -51,7 +52,7 @@ def test_fixed_plans_a_fixed_build():
     assert isinstance(args, BuildArgs) and args.policy == "fixed"
     assert args.budgets.dtype == torch.int32 and args.budgets.tolist() == [12, 12, 12]
     assert args.latency_table is None and args.accept_scale is None
-    tree = build_tree_any(draft_logits(3, 4, 20, 1.0), 4, 32, **args.kwargs())
+    tree = ops.build_tree(draft_logits(3, 4, 20, 1.0), 4, 32, **args.kwargs())
     assert tree.n_nodes.tolist() == [12, 12, 12]
 
 
@@ -135,7 +136,7 @@ def test_batch_allocation_beats_equal_budgets_on_a_mixed_batch():
     policy = Bastion(cpu_latency(), n_max, batch=4)
     args = policy.plan(contexts)
     assert args.policy == "fixed" and args.latency_table is None
-    full = build_tree_any(logits, 8, n_max, **args.kwargs())
+    full = ops.build_tree(logits, 8, n_max, **args.kwargs())
     batch_table = policy.latency.batch_latency_table(contexts, 4 * n_max)
     allocated = policy.select(full)
     counts = allocated.n_nodes

@@ -5,9 +5,11 @@ import math
 
 import pytest
 import torch
-from budget_helpers import build_tree_any, draft_logits
+from budget_helpers import draft_logits
 
+from bastion_ext import ops
 from bastion_ext.reference import verify_greedy_ref
+from bastion_ext.tree import DraftTree
 from bastion_ext.surrogate import AcceptCalibrator, realized_accept_len, realized_accept_prefix, surrogate_accept, surrogate_prefix
 
 
@@ -26,12 +28,12 @@ def test_surrogate_is_the_expected_accepted_length_of_a_calibrated_drafter():
     """True tokens drawn from the drafter's own marginals: E[accepted] = A(n) exactly."""
     positions, vocab = 4, 12
     logits = draft_logits(1, positions, vocab, sharpness=2.0, seed=3)
-    tree = build_tree_any(logits, 4, 24)
+    tree = ops.build_tree(logits, 4, 24)
     generator = torch.Generator().manual_seed(0)
     draws = 4000
     probs = torch.softmax(logits[0], dim=-1)
     truth = torch.stack([torch.multinomial(probs[p], draws, replacement=True, generator=generator) for p in range(positions)], dim=1)
-    batch_tree = {name: t.expand(draws, *t.shape[1:]) for name, t in tree.tensors().items()}
+    batch_tree = DraftTree(**{name: t.expand(draws, *t.shape[1:]) for name, t in tree.tensors().items()}, draft_positions=positions)
     realized = realized_accept_prefix(truth, batch_tree).double()
     mean, stderr = realized.mean(0), realized.std(0) / math.sqrt(draws)
     expected = surrogate_prefix(tree.scores)[0].double()
@@ -41,7 +43,7 @@ def test_surrogate_is_the_expected_accepted_length_of_a_calibrated_drafter():
 @pytest.mark.parametrize("seed", range(4))
 def test_realized_accept_len_matches_the_greedy_walk(seed):
     batch, positions, vocab, n_max = 6, 5, 11, 40
-    tree = build_tree_any(draft_logits(batch, positions, vocab, sharpness=1.5, seed=seed), 5, n_max)
+    tree = ops.build_tree(draft_logits(batch, positions, vocab, sharpness=1.5, seed=seed), 5, n_max)
     generator = torch.Generator().manual_seed(100 + seed)
     # Targets that mostly pick the drafter's top candidates, so paths of every length occur.
     top = torch.topk(draft_logits(batch, positions, vocab, 1.5, seed), 3, dim=-1).indices
@@ -52,7 +54,7 @@ def test_realized_accept_len_matches_the_greedy_walk(seed):
     prefix = realized_accept_prefix(truth, tree)
     for n in (1, 3, 10, n_max):
         n_nodes = torch.minimum(tree.n_nodes, torch.tensor(n, dtype=torch.int32)).expand(batch).contiguous()
-        _, accept_len, _ = verify_greedy_ref(tree.tokens, tree.parents, n_nodes, target_argmax, positions)
+        accept_len = verify_greedy_ref(tree.cut(n_nodes), target_argmax).accept_len
         assert torch.equal(prefix.gather(1, (n_nodes.long() - 1)[:, None])[:, 0], accept_len)
         assert torch.equal(realized_accept_len(truth, tree.cut(n_nodes)), accept_len)
 
@@ -79,7 +81,7 @@ def test_calibrator_learns_an_overconfident_drafter():
         (lambda: AcceptCalibrator(decay=1.0), "decay"),
         (lambda: AcceptCalibrator(prior=0.0), "prior"),
         (lambda: AcceptCalibrator(batch=2).observe(torch.ones(3), torch.ones(3)), "predicted"),
-        (lambda: realized_accept_prefix(torch.zeros(2, 3, dtype=torch.long), {"tokens": torch.zeros(1, 4, dtype=torch.long), "parents": torch.zeros(1, 4), "depth": torch.zeros(1, 4)}), "target_tokens"),
+        (lambda: realized_accept_prefix(torch.zeros(2, 3, dtype=torch.long), DraftTree.empty(1, 4, 3)), "target_tokens"),
     ],
 )
 def test_bad_inputs_raise_value_error_naming_the_argument(call, argument):

@@ -95,7 +95,7 @@ def test_build_tree_output_with_padding():
     gen = torch.Generator().manual_seed(4)
     tree = build_tree_ref(torch.randn(2, 5, 40, generator=gen), k=4, max_nodes=70, budgets=[70, 23])
     args = make_inputs(2, 4, 1, 70, 64, [5, 12], torch.float16, False, gen)
-    ours, ref = run_both(args, tree["ancestor_bits"])
+    ours, ref = run_both(args, tree.ancestor_bits)
     torch.testing.assert_close(ours.float(), ref, atol=ATOL[torch.float16], rtol=0)
 
 

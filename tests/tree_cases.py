@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bastion_ext.tree import DraftTree, VerifyResult
+
 
 @dataclass
 class TreeCase:
@@ -30,15 +32,6 @@ class TreeCase:
             "latency_table": self.latency_table,
             "accept_scale": self.accept_scale,
             "context_lens": self.context_lens,
-        }
-
-    def ref_kwargs(self) -> dict:
-        return {
-            "policy": self.policy,
-            "budgets": self.budgets.tolist(),
-            "latency_table": self.latency_table,
-            "accept_scale": None if self.accept_scale is None else self.accept_scale.tolist(),
-            "context_lens": self.context_lens.tolist(),
         }
 
 
@@ -100,3 +93,24 @@ def random_case(seed: int) -> TreeCase:
         scale = torch.rand(rng.choice([1, batch]), generator=gen) * 3
     context = torch.randint(0, 1000, (batch,), generator=gen)
     return TreeCase(logits, k, max_nodes, policy, budgets, latency, scale, context)
+
+
+def assert_same_tree(got: DraftTree, want: DraftTree, label: str = "", scores_atol: float = 0.0) -> None:
+    """Every output tensor of ``got`` equals ``want``'s (dtype included); the log-scores to
+    ``scores_atol`` (0: bit for bit; the CUDA tests allow 1e-5), the -inf padding exactly."""
+    for name, w in want.tensors().items():
+        g, w = getattr(got, name).cpu(), w.cpu()
+        assert g.dtype == w.dtype, f"{label}: {name} dtype {g.dtype} != {w.dtype}"
+        if name == "scores" and scores_atol > 0:
+            torch.testing.assert_close(g, w, atol=scores_atol, rtol=0, msg=lambda m: f"{label}: scores: {m}")
+        elif not torch.equal(g, w):
+            bad = (g != w).nonzero()[:5].tolist()
+            raise AssertionError(f"{label}: {name} differs at {bad}: got {g.flatten()[:16].tolist()}, "
+                                 f"want {w.flatten()[:16].tolist()}")
+
+
+def assert_same_walk(got: VerifyResult, want: VerifyResult, label: str = "") -> None:
+    for name in ("accepted_nodes", "accept_len", "bonus"):
+        g, w = getattr(got, name).cpu(), getattr(want, name).cpu()
+        assert torch.equal(g, w), f"{label}: {name}: got {g.tolist()}, want {w.tolist()}"
+

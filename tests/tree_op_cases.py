@@ -39,8 +39,7 @@ def run_build_tree(case: TreeCase, device) -> DraftTree:
     return ops.build_tree(
         move(case.draft_logits), case.k, case.max_nodes, policy=case.policy, budgets=move(case.budgets),
         latency_table=move(case.latency_table), accept_scale=move(case.accept_scale),
-        context_lens=move(case.context_lens), out=empty_tree(batch, case.max_nodes, positions, device),
-        validate=False)  # fmt: skip
+        context_lens=move(case.context_lens), out=empty_tree(batch, case.max_nodes, positions, device))  # fmt: skip
 
 
 def wide_case(seed: int, max_vocab: int = 300, max_nodes: int = 300) -> TreeCase:
@@ -62,24 +61,6 @@ def wide_case(seed: int, max_vocab: int = 300, max_nodes: int = 300) -> TreeCase
 def describe(case: TreeCase) -> str:
     b, p, v = case.draft_logits.shape
     return f"B{b} P{p} V{v} k{case.k} N{case.max_nodes} {case.policy} {case.draft_logits.dtype}"
-
-
-def assert_same_tree(got: DraftTree, want: DraftTree, label: str = "") -> None:
-    """Every output tensor equal; scores to 1e-5 (the -inf padding included)."""
-    for name, w in want.tensors().items():
-        g, w = getattr(got, name).cpu(), w.cpu()
-        if name == "scores":
-            torch.testing.assert_close(g, w, atol=1e-5, rtol=0, msg=lambda m: f"{label}: scores: {m}")
-        elif not torch.equal(g, w):
-            bad = (g != w).nonzero()[:5].tolist()
-            raise AssertionError(f"{label}: {name} differs at {bad}: got {g.flatten()[:16].tolist()}, "
-                                 f"want {w.flatten()[:16].tolist()}")
-
-
-def assert_same_walk(got: VerifyResult, want: VerifyResult, label: str = "") -> None:
-    for name in ("accepted_nodes", "accept_len", "bonus"):
-        g, w = getattr(got, name).cpu(), getattr(want, name).cpu()
-        assert torch.equal(g, w), f"{label}: {name}: got {g.tolist()}, want {w.tolist()}"
 
 
 def random_targets(tree: DraftTree, gen: torch.Generator, hit: float = 0.7) -> torch.Tensor:

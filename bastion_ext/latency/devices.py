@@ -1,12 +1,13 @@
-"""Peak compute and memory bandwidth of the devices the roofline knows, and a probe that
-measures them on the device at hand (CPU included)."""
+"""Peak compute and memory bandwidth of the devices the roofline knows, and probes that
+measure them on the device at hand (CPU included)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
+
+from bastion_ext.timing import time_us
 
 
 @dataclass(frozen=True)
@@ -39,23 +40,21 @@ DEVICES: dict[str, DeviceSpec] = {
 }
 
 
-def _timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+def _median_s(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of one ``fn()`` after one warm-up. Single calls, no CUDA graph: the probes
+    run for a tenth of a millisecond and more, so launch gaps hardly count."""
+    return time_us(fn, device, repeats, warmup=1, cuda_graph=False)["median_us"] / 1e6
+
+
+def measure_bandwidth(device: str | torch.device = "cpu", repeats: int = 5) -> float:
+    """Bytes read + written per second of one device-local copy of 256 MiB."""
+    device = torch.device(device)
+    # 2 x 256 MiB spills every cache level (server CPUs have L3s of hundreds of MiB), so the
+    # copy is bounded by memory.
+    copy_elems = 256 * 2**20
+    src = torch.empty(copy_elems, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2.0 * copy_elems / _median_s(lambda: dst.copy_(src), device, repeats)
 
 
 def measure_device(device: str | torch.device = "cpu", dtype: torch.dtype | None = None, repeats: int = 5) -> DeviceSpec:
@@ -72,12 +71,6 @@ def measure_device(device: str | torch.device = "cpu", dtype: torch.dtype | None
     side = 4096 if device.type == "cuda" else 1024
     a = torch.randn(side, side, device=device).to(dtype)
     b = torch.randn(side, side, device=device).to(dtype)
-    matmul_s = _timed(lambda: torch.mm(a, b), device, repeats)
-    # 2 x 256 MiB spills every cache level (server CPUs have L3s of hundreds of MiB), so the
-    # copy is bounded by memory.
-    copy_elems = 256 * 2**20
-    src = torch.empty(copy_elems, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    copy_s = _timed(lambda: dst.copy_(src), device, repeats)
+    matmul_s = _median_s(lambda: torch.mm(a, b), device, repeats)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return DeviceSpec(f"{name} (measured)", 2.0 * side**3 / matmul_s, 2.0 * copy_elems / copy_s)
+    return DeviceSpec(f"{name} (measured)", 2.0 * side**3 / matmul_s, measure_bandwidth(device, repeats))

@@ -12,12 +12,11 @@ GGUF are present; otherwise ids are shown.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from bastion_ext import ops, reference
+from bastion_ext.timing import time_us
 
 SENTENCE = " The quick brown fox jumps over the lazy dog and runs into the quiet green forest before night falls"
 ALTERNATIVES = " a small red cat walks under an old sleepy cow then goes toward some dark wide field after day ends"
@@ -55,16 +54,6 @@ def draft_distribution(tokenizer, positions: int, vocab: int, seed: int) -> torc
     return logits
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--positions", type=int, default=8, help="draft positions P")
@@ -89,11 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     print(tree.pretty(tokenizer))
 
     ref = reference.build_tree_ref(logits, args.k, args.max_nodes, **kwargs)
-    same = all(torch.equal(getattr(tree, name), t) for name, t in ref.items())
+    same = all(torch.equal(t, getattr(ref, name)) for name, t in tree.tensors().items())
     print(f"\nreference tree identical: {same}")
-    cpp = median_ms(lambda: ops.build_tree(logits, args.k, args.max_nodes, **kwargs), args.repeats)
-    oracle = median_ms(lambda: reference.build_tree_ref(logits, args.k, args.max_nodes, **kwargs), args.repeats)
-    print(f"build time (median of {args.repeats}, {torch.get_num_threads()} threads): C++ {cpp:.3f} ms, reference {oracle:.1f} ms, ratio {oracle / cpp:.0f}x")
+    cpp = time_us(lambda: ops.build_tree(logits, args.k, args.max_nodes, **kwargs), "cpu", args.repeats, warmup=1)
+    oracle = time_us(lambda: reference.build_tree_ref(logits, args.k, args.max_nodes, **kwargs), "cpu", args.repeats, warmup=1)
+    print(f"build time (median of {args.repeats}, {torch.get_num_threads()} threads): C++ {cpp['median_us'] / 1e3:.3f} ms, "
+          f"reference {oracle['median_us'] / 1e3:.1f} ms, ratio {oracle['median_us'] / cpp['median_us']:.0f}x")
 
 
 if __name__ == "__main__":

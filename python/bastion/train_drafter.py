@@ -255,9 +255,9 @@ def evaluate(drafter: DFlashDrafter, seqs: list[Sequence], tree_budgets: tuple[i
     (accepted + 1), as the engine's loop does; a round whose block would run past the sequence's
     end is not counted. ``dflash``: the drafter's argmax path; ``tree<n>``: the best-first tree
     of ``n`` nodes (each of ``tree_budgets``) over the top-``tree_width`` candidates per position
-    (``bastion_ext.reference.expand_ref``). Also the unconditional top-1 match rate per position.
+    (``bastion_ext.reference.expand_lattice_ref``). Also the unconditional top-1 match rate per position.
     """
-    from bastion_ext.reference import expand_ref
+    from bastion_ext.reference import expand_lattice_ref
 
     gamma, device = drafter.block_size, drafter.fc.weight.device
     rounds_of = {"path": [], **{n: [] for n in tree_budgets}}
@@ -284,7 +284,7 @@ def evaluate(drafter: DFlashDrafter, seqs: list[Sequence], tree_budgets: tuple[i
                 if walk == "path":
                     accepted = int(leading[i])
                 else:
-                    tree = expand_ref(cand[i].tolist(), logq[i].tolist(), walk)
+                    tree = expand_lattice_ref(cand[i].tolist(), logq[i].tolist(), walk)
                     accepted, node = 0, -1
                     while True:
                         want = int(labels[i, accepted]) if accepted < gamma - 1 else None

@@ -200,7 +200,7 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
             clock.mark("draft")
             args = plan.policy.plan([r.committed_len for r in live])
             tree = ops.build_tree(draft_logits, plan.k, plan.max_nodes, context_lens=target.lengths,
-                                  out=buffers.tree, validate=False, **args.kwargs())
+                                  out=buffers.tree, **args.kwargs())
             tree = plan.policy.select(tree)
             if hasattr(drafter, "to_target_ids"):  # a reduced draft vocabulary's map
                 tree = dataclasses.replace(tree, tokens=drafter.to_target_ids(tree.tokens))

@@ -34,4 +34,4 @@ def accept(tree: DraftTree, n: int, target_logits: torch.Tensor, sampler, buffer
         return ops.verify_greedy(tree, buffers.target_argmax, out=buffers.result)
     buffers.target_probs[:, : n + 1] = sampler.probs(target_logits)
     sampler.uniforms(buffers.uniforms.shape, out=buffers.uniforms)
-    return ops.verify_sample(tree, buffers.target_probs, buffers.uniforms, out=buffers.result, validate=False)
+    return ops.verify_sample(tree, buffers.target_probs, buffers.uniforms, out=buffers.result)
