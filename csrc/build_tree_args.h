@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <vector>
 
 #include "checks.h"
 #include "tree_limits.h"
@@ -31,6 +32,36 @@ struct BuildTreeArgs {
   at::Tensor& next_sibling;   // (B, N) int32
 };
 
+// The nine outputs: shape, dtype, the device of draft_logits, contiguity (docs/ops.md's table,
+// the same as DraftTree.layout in Python).
+inline void check_build_tree_outputs(const BuildTreeArgs& a, int64_t batch, int64_t max_nodes) {
+  struct Output {
+    const at::Tensor& t;
+    const char* name;
+    const char* dims;
+    std::vector<int64_t> shape;
+    at::ScalarType dtype;
+  };
+  const std::vector<int64_t> rows{batch, max_nodes};
+  const Output outputs[] = {
+      {a.tokens, "tokens", "[batch, max_nodes]", rows, at::kLong},
+      {a.parents, "parents", "[batch, max_nodes]", rows, at::kInt},
+      {a.depth, "depth", "[batch, max_nodes]", rows, at::kInt},
+      {a.positions, "positions", "[batch, max_nodes]", rows, at::kLong},
+      {a.scores, "scores", "[batch, max_nodes]", rows, at::kFloat},
+      {a.n_nodes, "n_nodes", "[batch]", {batch}, at::kInt},
+      {a.ancestor_bits, "ancestor_bits", "[batch, max_nodes, ceil(max_nodes / 32)]",
+       {batch, max_nodes, (max_nodes + 31) / 32}, at::kInt},
+      {a.first_child, "first_child", "[batch, max_nodes + 1]", {batch, max_nodes + 1}, at::kInt},
+      {a.next_sibling, "next_sibling", "[batch, max_nodes]", rows, at::kInt},
+  };
+  for (const Output& o : outputs) {
+    check_shape(o.t, o.name, o.dims, o.shape);
+    check_dtype(o.t, o.name, o.dtype);
+    check_output(o.t, o.name, a.draft_logits);
+  }
+}
+
 // Validates every build_tree argument except tensor values (which the backends check
 // where they read them). Throws ValueError (c10::ValueError) naming the argument.
 inline void check_build_tree_args(const BuildTreeArgs& a) {
@@ -38,29 +69,28 @@ inline void check_build_tree_args(const BuildTreeArgs& a) {
                parents, depth, positions, scores, n_nodes, ancestor_bits, first_child,
                next_sibling] = a;
   TORCH_CHECK_VALUE(draft_logits.dim() == 3,
-              "draft_logits must be 3-D [batch, positions, vocab], got shape ",
-              shape_str(draft_logits));
+                    "draft_logits must be 3-D [batch, positions, vocab], got shape ",
+                    shape_str(draft_logits));
   const auto dt = draft_logits.scalar_type();
   TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
-              "draft_logits must be float32, float16 or bfloat16, got ", c10::toString(dt));
+                    "draft_logits must be float32, float16 or bfloat16, got ", c10::toString(dt));
   const int64_t batch = draft_logits.size(0);
   const int64_t num_pos = draft_logits.size(1);
   const int64_t vocab = draft_logits.size(2);
   TORCH_CHECK_VALUE(batch >= 1, "draft_logits must have batch >= 1, got shape ", shape_str(draft_logits));
   TORCH_CHECK_VALUE(num_pos >= 1 && num_pos <= kMaxPositions, "draft_logits positions must be in [1, ",
-              kMaxPositions, "], got shape ", shape_str(draft_logits));
+                    kMaxPositions, "], got shape ", shape_str(draft_logits));
   TORCH_CHECK_VALUE(vocab >= 1, "draft_logits must have vocab >= 1, got shape ", shape_str(draft_logits));
   TORCH_CHECK_VALUE(k >= 1 && k <= kMaxK && k <= vocab, "k must be in [1, min(vocab, ", kMaxK,
-              ")] = [1, ", std::min<int64_t>(vocab, kMaxK), "], got ", k);
+                    ")] = [1, ", std::min<int64_t>(vocab, kMaxK), "], got ", k);
   TORCH_CHECK_VALUE(policy >= 0 && policy < kNumPolicies,
-              "policy must be 0 (fixed), 1 (greedy_stop) or 2 (argmax), got ", policy);
+                    "policy must be 0 (fixed), 1 (greedy_stop) or 2 (argmax), got ", policy);
 
   TORCH_CHECK_VALUE(tokens.dim() == 2, "tokens must be 2-D [batch, max_nodes], got shape ",
-              shape_str(tokens));
+                    shape_str(tokens));
   const int64_t max_nodes = tokens.size(1);
   TORCH_CHECK_VALUE(max_nodes >= 1 && max_nodes <= kMaxNodes, "max_nodes (tokens.size(1)) must be in [1, ",
-              kMaxNodes, "], got ", max_nodes);
-  const int64_t words = (max_nodes + 31) / 32;
+                    kMaxNodes, "], got ", max_nodes);
 
   check_shape(context_lens, "context_lens", "[batch]", {batch});
   check_dtype(context_lens, "context_lens", at::kLong);
@@ -71,48 +101,24 @@ inline void check_build_tree_args(const BuildTreeArgs& a) {
   if (latency_table.has_value()) {
     const auto& lt = *latency_table;
     TORCH_CHECK_VALUE(lt.dim() == 2 && (lt.size(0) == batch || lt.size(0) == 1) && lt.size(1) == max_nodes,
-                "latency_table must have shape [batch or 1, max_nodes] = (", batch, " or 1, ",
-                max_nodes, "), got shape ", shape_str(lt));
+                      "latency_table must have shape [batch or 1, max_nodes] = (", batch, " or 1, ",
+                      max_nodes, "), got shape ", shape_str(lt));
     check_dtype(lt, "latency_table", at::kFloat);
     check_device(lt, "latency_table", draft_logits, "draft_logits");
   } else {
     TORCH_CHECK_VALUE(policy == static_cast<int64_t>(Policy::kFixed),
-                "latency_table is required for policy ", policy, " (only fixed runs without it)");
+                      "latency_table is required for policy ", policy, " (only fixed runs without it)");
   }
   if (accept_scale.has_value()) {
     const auto& as = *accept_scale;
     TORCH_CHECK_VALUE(as.dim() == 1 && (as.size(0) == batch || as.size(0) == 1),
-                "accept_scale must have shape [batch or 1] = (", batch, " or 1,), got shape ",
-                shape_str(as));
+                      "accept_scale must have shape [batch or 1] = (", batch, " or 1,), got shape ",
+                      shape_str(as));
     check_dtype(as, "accept_scale", at::kFloat);
     check_device(as, "accept_scale", draft_logits, "draft_logits");
   }
 
-  check_shape(tokens, "tokens", "[batch, max_nodes]", {batch, max_nodes});
-  check_dtype(tokens, "tokens", at::kLong);
-  check_shape(parents, "parents", "[batch, max_nodes]", {batch, max_nodes});
-  check_dtype(parents, "parents", at::kInt);
-  check_shape(depth, "depth", "[batch, max_nodes]", {batch, max_nodes});
-  check_dtype(depth, "depth", at::kInt);
-  check_shape(positions, "positions", "[batch, max_nodes]", {batch, max_nodes});
-  check_dtype(positions, "positions", at::kLong);
-  check_shape(scores, "scores", "[batch, max_nodes]", {batch, max_nodes});
-  check_dtype(scores, "scores", at::kFloat);
-  check_shape(n_nodes, "n_nodes", "[batch]", {batch});
-  check_dtype(n_nodes, "n_nodes", at::kInt);
-  check_shape(ancestor_bits, "ancestor_bits", "[batch, max_nodes, ceil(max_nodes / 32)]",
-              {batch, max_nodes, words});
-  check_dtype(ancestor_bits, "ancestor_bits", at::kInt);
-  check_shape(first_child, "first_child", "[batch, max_nodes + 1]", {batch, max_nodes + 1});
-  check_dtype(first_child, "first_child", at::kInt);
-  check_shape(next_sibling, "next_sibling", "[batch, max_nodes]", {batch, max_nodes});
-  check_dtype(next_sibling, "next_sibling", at::kInt);
-  for (auto [t, name] : {std::pair<const at::Tensor&, const char*>{tokens, "tokens"},
-                         {parents, "parents"}, {depth, "depth"}, {positions, "positions"},
-                         {scores, "scores"}, {n_nodes, "n_nodes"}, {ancestor_bits, "ancestor_bits"},
-                         {first_child, "first_child"}, {next_sibling, "next_sibling"}}) {
-    check_output(t, name, draft_logits);
-  }
+  check_build_tree_outputs(a, batch, max_nodes);
 }
 
 // The op's one entry point, instantiated per backend: checks, then `Backend(args)`.

@@ -67,9 +67,9 @@ void topk_logprobs_all_rows(const at::Tensor& logits, int k, std::vector<RowCand
       for (int64_t r = begin; r < end; ++r) {
         const RowStatus status = topk_logprobs(base + r * vocab, vocab, k, &cands[r]);
         TORCH_CHECK_VALUE(status != RowStatus::kNonFinite, "draft_logits must not contain NaN or +inf (batch ",
-                    r / logits.size(1), ", position ", r % logits.size(1), ")");
+                          r / logits.size(1), ", position ", r % logits.size(1), ")");
         TORCH_CHECK_VALUE(status != RowStatus::kAllNegInf, "draft_logits has a row that is all -inf (batch ",
-                    r / logits.size(1), ", position ", r % logits.size(1), ")");
+                          r / logits.size(1), ", position ", r % logits.size(1), ")");
       }
     });
   });
@@ -82,7 +82,7 @@ void check_build_tree_values(const at::Tensor& context_lens, const at::Tensor& b
   const int32_t* budget = budgets.data_ptr<int32_t>();
   for (int64_t b = 0; b < budgets.numel(); ++b) {
     TORCH_CHECK_VALUE(budget[b] >= 1 && budget[b] <= max_nodes, "budgets must be in [1, max_nodes = ",
-                max_nodes, "], got ", budget[b], " at batch ", b);
+                      max_nodes, "], got ", budget[b], " at batch ", b);
   }
   const int64_t* ctx = context_lens.data_ptr<int64_t>();
   for (int64_t b = 0; b < context_lens.numel(); ++b) {
@@ -92,14 +92,14 @@ void check_build_tree_values(const at::Tensor& context_lens, const at::Tensor& b
     const float* t = latency_table->data_ptr<float>();
     for (int64_t i = 0; i < latency_table->numel(); ++i) {
       TORCH_CHECK_VALUE(std::isfinite(t[i]) && t[i] > 0.0f, "latency_table must be finite and > 0, got ",
-                  t[i], " at flat index ", i);
+                        t[i], " at flat index ", i);
     }
   }
   if (accept_scale.has_value()) {
     const float* s = accept_scale->data_ptr<float>();
     for (int64_t i = 0; i < accept_scale->numel(); ++i) {
       TORCH_CHECK_VALUE(std::isfinite(s[i]) && s[i] >= 0.0f, "accept_scale must be finite and >= 0, got ",
-                  s[i], " at index ", i);
+                        s[i], " at index ", i);
     }
   }
 }
@@ -157,8 +157,8 @@ std::vector<at::Tensor> expand_from_candidates_cpu(const at::Tensor& cand_tokens
   TORCH_CHECK_VALUE(cand_tokens.dim() == 2 && cand_tokens.size(0) >= 1 &&
                   cand_tokens.size(0) <= kMaxPositions && cand_tokens.size(1) >= 1 &&
                   cand_tokens.size(1) <= kMaxK,
-              "cand_tokens must have shape [positions <= ", kMaxPositions, ", k <= ", kMaxK,
-              "], got shape ", shape_str(cand_tokens));
+                    "cand_tokens must have shape [positions <= ", kMaxPositions, ", k <= ", kMaxK,
+                    "], got shape ", shape_str(cand_tokens));
   const int64_t num_pos = cand_tokens.size(0);
   const int64_t k = cand_tokens.size(1);
   check_dtype(cand_tokens, "cand_tokens", at::kLong);
@@ -167,7 +167,7 @@ std::vector<at::Tensor> expand_from_candidates_cpu(const at::Tensor& cand_tokens
   check_shape(cand_count, "cand_count", "[positions]", {num_pos});
   check_dtype(cand_count, "cand_count", at::kInt);
   TORCH_CHECK_VALUE(max_nodes >= 1 && max_nodes <= kMaxNodes, "max_nodes must be in [1, ", kMaxNodes,
-              "], got ", max_nodes);
+                    "], got ", max_nodes);
   const auto toks = cand_tokens.contiguous();
   const auto logq = cand_logq.contiguous();
   const auto count = cand_count.contiguous();

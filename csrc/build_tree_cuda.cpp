@@ -33,7 +33,7 @@ LogitDType logit_dtype_of(const at::Tensor& logits) {
 int multiprocessor_count(int device) {
   static int counts[64] = {};
   TORCH_CHECK_VALUE(device >= 0 && device < 64, "draft_logits is on CUDA device ", device,
-              ", beyond the 64 this build supports");
+                    ", beyond the 64 this build supports");
   if (counts[device] == 0) {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));
   }
@@ -47,9 +47,9 @@ void build_tree_cuda(const BuildTreeArgs& a) {
   TORCH_CHECK_VALUE(draft_logits.is_cuda(), "draft_logits must be a CUDA tensor, got ", draft_logits.device());
   // Candidate ids travel in 32 bits inside the kernels' sort keys.
   TORCH_CHECK_VALUE(draft_logits.size(2) <= INT32_MAX, "draft_logits vocab must be < 2^31, got shape ",
-              shape_str(draft_logits));
+                    shape_str(draft_logits));
   TORCH_CHECK_VALUE(draft_logits.size(0) * draft_logits.size(1) <= INT32_MAX,
-              "draft_logits batch * positions must be < 2^31, got shape ", shape_str(draft_logits));
+                    "draft_logits batch * positions must be < 2^31, got shape ", shape_str(draft_logits));
   const c10::cuda::CUDAGuard guard(draft_logits.device());
   const auto logits = draft_logits.contiguous();
   const auto ctx = context_lens.contiguous();

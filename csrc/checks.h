@@ -25,33 +25,27 @@ inline std::string shape_str(const at::Tensor& t) {
 
 inline void check_dtype(const at::Tensor& t, const char* name, at::ScalarType want) {
   TORCH_CHECK_VALUE(t.scalar_type() == want, name, " must be ", c10::toString(want), ", got ",
-              c10::toString(t.scalar_type()));
+                    c10::toString(t.scalar_type()));
 }
 
 // `dims` names each axis, e.g. "[batch, max_nodes]"; `shape` holds -1 for "any size".
 inline void check_shape(const at::Tensor& t, const char* name, const char* dims,
-                        std::initializer_list<int64_t> shape) {
+                        c10::ArrayRef<int64_t> shape) {
   bool ok = t.dim() == static_cast<int64_t>(shape.size());
-  int64_t d = 0;
-  for (int64_t want : shape) {
-    if (ok && want >= 0 && t.size(d) != want) ok = false;
-    ++d;
+  for (size_t d = 0; ok && d < shape.size(); ++d) ok = shape[d] < 0 || t.size(d) == shape[d];
+  std::ostringstream want;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    want << (d ? ", " : "");
+    if (shape[d] >= 0) want << shape[d]; else want << "*";
   }
-  TORCH_CHECK_VALUE(ok, name, " must have shape ", dims, " = (", [&] {
-    std::ostringstream s;
-    int64_t i = 0;
-    for (int64_t want : shape) {
-      s << (i++ ? ", " : "");
-      if (want >= 0) s << want; else s << "*";
-    }
-    return s.str();
-  }(), "), got shape ", shape_str(t));
+  TORCH_CHECK_VALUE(ok, name, " must have shape ", dims, " = (", want.str(), "), got shape ",
+                    shape_str(t));
 }
 
 inline void check_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
                          const char* ref_name) {
   TORCH_CHECK_VALUE(t.device() == ref.device(), name, " must be on the same device as ", ref_name,
-              " (", ref.device(), "), got ", t.device());
+                    " (", ref.device(), "), got ", t.device());
 }
 
 // Outputs are written through raw pointers: they must be dense.
@@ -66,22 +60,22 @@ inline void check_verify_tree_args(const at::Tensor& tokens, const at::Tensor& f
                                    const at::Tensor& next_sibling, const at::Tensor& accepted_nodes,
                                    const at::Tensor& accept_len, const at::Tensor& bonus) {
   TORCH_CHECK_VALUE(tokens.dim() == 2, "tokens must be 2-D [batch, max_nodes], got shape ",
-              shape_str(tokens));
+                    shape_str(tokens));
   check_dtype(tokens, "tokens", at::kLong);
   const int64_t batch = tokens.size(0);
   const int64_t max_nodes = tokens.size(1);
   TORCH_CHECK_VALUE(max_nodes >= 1 && max_nodes <= kMaxNodes, "max_nodes (tokens.size(1)) must be in [1, ",
-              kMaxNodes, "], got ", max_nodes);
+                    kMaxNodes, "], got ", max_nodes);
   check_shape(first_child, "first_child", "[batch, max_nodes + 1]", {batch, max_nodes + 1});
   check_dtype(first_child, "first_child", at::kInt);
   check_shape(next_sibling, "next_sibling", "[batch, max_nodes]", {batch, max_nodes});
   check_dtype(next_sibling, "next_sibling", at::kInt);
   TORCH_CHECK_VALUE(accepted_nodes.dim() == 2 && accepted_nodes.size(0) == batch,
-              "accepted_nodes must have shape [batch, positions] = (", batch, ", *), got shape ",
-              shape_str(accepted_nodes));
+                    "accepted_nodes must have shape [batch, positions] = (", batch, ", *), got shape ",
+                    shape_str(accepted_nodes));
   TORCH_CHECK_VALUE(accepted_nodes.size(1) >= 1 && accepted_nodes.size(1) <= kMaxPositions,
-              "accepted_nodes positions must be in [1, ", kMaxPositions, "], got shape ",
-              shape_str(accepted_nodes));
+                    "accepted_nodes positions must be in [1, ", kMaxPositions, "], got shape ",
+                    shape_str(accepted_nodes));
   check_dtype(accepted_nodes, "accepted_nodes", at::kInt);
   check_shape(accept_len, "accept_len", "[batch]", {batch});
   check_dtype(accept_len, "accept_len", at::kInt);
@@ -108,7 +102,7 @@ inline void check_verify_sample_args(const at::Tensor& tokens, const at::Tensor&
   check_shape(target_probs, "target_probs", "[batch, max_nodes + 1, vocab]",
               {tokens.size(0), tokens.size(1) + 1, -1});
   TORCH_CHECK_VALUE(target_probs.size(2) >= 1, "target_probs must have vocab >= 1, got shape ",
-              shape_str(target_probs));
+                    shape_str(target_probs));
   check_dtype(target_probs, "target_probs", at::kFloat);
   check_device(target_probs, "target_probs", tokens, "tokens");
   check_shape(uniforms, "uniforms", "[batch, max_nodes + 1]", {tokens.size(0), tokens.size(1) + 1});

@@ -23,13 +23,13 @@ void walk_tree(const int64_t* tokens, const int32_t* first_child, const int32_t*
   while (steps < num_pos) {
     int32_t child = first_child[cur + 1];
     TORCH_CHECK_VALUE(child == -1 || (child > cur && child < max_nodes),
-                "first_child holds an invalid link ", child, " for verify index ", cur + 1,
-                " at batch ", b, " (must be -1 or in (", cur, ", ", max_nodes, "))");
+                      "first_child holds an invalid link ", child, " for verify index ", cur + 1,
+                      " at batch ", b, " (must be -1 or in (", cur, ", ", max_nodes, "))");
     while (child >= 0 && tokens[child] != want) {
       const int32_t next = next_sibling[child];
       TORCH_CHECK_VALUE(next == -1 || (next > child && next < max_nodes), "next_sibling holds an invalid link ",
-                  next, " for node ", child, " at batch ", b, " (must be -1 or in (", child, ", ",
-                  max_nodes, "))");
+                        next, " for node ", child, " at batch ", b, " (must be -1 or in (", child, ", ",
+                        max_nodes, "))");
       child = next;
     }
     if (child < 0) break;
@@ -77,8 +77,9 @@ void verify_greedy_cpu(const at::Tensor& tokens, const at::Tensor& first_child,
 }
 
 // Inverse CDF: the smallest v with fl32(cumsum(p)[v]) > u, clamped to the last token of
-// positive probability. Only the uniforms the walk visits are read, and checked. The running sum is kept in fp64 and rounded to fp32 per element,
-// as torch.cumsum does on the CPU for fp32 (the oracle's definition).
+// positive probability. The running sum is kept in fp64 and rounded to fp32 per element, as
+// torch.cumsum does on the CPU for fp32 (the oracle's definition). Only the rows and uniforms
+// the walk visits are read, and checked.
 int64_t sample_inverse_cdf(const float* probs, int64_t vocab, float u, int64_t b, int64_t j) {
   TORCH_CHECK_VALUE(u >= 0.0f && u < 1.0f, "uniforms must lie in [0, 1), got ", u, " (batch ", b,
                     ", verify index ", j, ")");
@@ -90,7 +91,7 @@ int64_t sample_inverse_cdf(const float* probs, int64_t vocab, float u, int64_t b
     }
   }
   TORCH_CHECK_VALUE(last_positive >= 0, "target_probs has a row with no positive probability (batch ", b,
-              ", verify index ", j, ")");
+                    ", verify index ", j, ")");
   double cum = 0.0;
   for (int64_t v = 0; v < last_positive; ++v) {
     cum += static_cast<double>(probs[v]);

@@ -54,7 +54,7 @@ void verify_sample_cuda(const at::Tensor& tokens, const at::Tensor& first_child,
   check_verify_tree_args(tokens, first_child, next_sibling, accepted_nodes, accept_len, bonus);
   check_verify_sample_args(tokens, target_probs, uniforms);
   TORCH_CHECK_VALUE(target_probs.size(2) <= INT32_MAX, "target_probs vocab must be < 2^31, got shape ",
-              shape_str(target_probs));
+                    shape_str(target_probs));
   const c10::cuda::CUDAGuard guard(tokens.device());
   at::Tensor keep[3];
   const VerifyParams prm =

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from bastion_ext import ops
 from bastion_ext.latency import (LatencyModel, ModelSpec, RooflineModel, fit_roofline,
                                  measure_device, measure_verify_grid)
 from bastion_ext.latency.calibration import VerifyGrid
+from bastion_ext.timing import time_us
 
 from .engine.target import TargetCache
 
@@ -60,20 +60,20 @@ def _verify_forward_fn(model, n_max: int):
 
 
 def draft_seconds(drafter, model, context: int = 64, repeats: int = 3) -> float:
-    """Median seconds of one drafter forward after a ``context``-token extend."""
+    """Median seconds of one drafter forward after a ``context``-token extend: host wall time
+    with the device's work finished (the engine calls the drafter eagerly, launches included)."""
     state = drafter.new_state(1)
     features = torch.randn((1, context, drafter.feature_size), device=model.device, dtype=model.dtype)
     drafter.extend(state, features, torch.arange(context, device=model.device)[None])
     root = torch.zeros((1,), dtype=torch.long, device=model.device)
     where = torch.tensor([context], device=model.device)
-    times = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
+
+    def draft_and_wait() -> None:
         drafter.draft(state, root, where)
         if model.device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[repeats // 2]
+
+    return time_us(draft_and_wait, "cpu", repeats, warmup=1)["median_us"] / 1e6
 
 
 def calibrate(model, drafter=None, ns=QUICK_NS, cs=QUICK_CS, repeats: int = 3, previous: dict | None = None) -> dict:
