@@ -191,29 +191,33 @@ def _op_args(**change):
     return list(args.values())
 
 
-@pytest.mark.parametrize(
-    ("change", "names"),
-    [
-        ({"draft_logits": torch.randn(4, 50)}, r"draft_logits must be 3-D \[batch, positions, vocab\], got shape \(4, 50\)"),
-        ({"draft_logits": torch.randn(2, 4, 50).index_fill(2, torch.tensor([3]), math.nan)}, "draft_logits must not contain NaN"),
-        ({"draft_logits": torch.full((2, 4, 50), -math.inf)}, "draft_logits has a row that is all -inf"),
-        ({"draft_logits": torch.randn(2, 40, 50)}, "draft_logits positions"),
-        ({"k": 0}, "k must be"),
-        ({"k": 51}, "k must be"),
-        ({"policy": 3}, "policy must be"),
-        ({"policy": 1}, "latency_table is required"),
-        ({"budgets": torch.tensor([0, 3], dtype=torch.int32)}, "budgets must be in"),
-        ({"budgets": torch.tensor([3], dtype=torch.int32)}, "budgets must have shape"),
-        ({"context_lens": torch.tensor([0, -4])}, "context_lens must be >= 0"),
-        ({"latency_table": torch.full((1, 16), math.nan), "policy": 2}, "latency_table must be finite"),
-        ({"accept_scale": torch.tensor([-2.0])}, "accept_scale must be finite and >= 0"),
-        ({"tokens": torch.empty(2, 16, dtype=torch.int32)}, "tokens must be Long"),
-        ({"ancestor_bits": torch.empty(2, 16, 2, dtype=torch.int32)}, "ancestor_bits must have shape"),
-        ({"first_child": torch.empty(2, 16, dtype=torch.int32)}, "first_child must have shape"),
-        ({"n_nodes": torch.empty(3, dtype=torch.int32)}, "n_nodes must have shape"),
-        ({"scores": torch.empty(16, 2).t()}, "scores must be contiguous"),
-    ],
-)
+# Bad arguments the op sees without reading tensor data: its fake must reject them too.
+DATA_FREE_FAULTS = [
+    ({"draft_logits": torch.randn(4, 50)}, r"draft_logits must be 3-D \[batch, positions, vocab\], got shape \(4, 50\)"),
+    ({"draft_logits": torch.randn(2, 40, 50)}, "draft_logits positions"),
+    ({"k": 0}, "k must be"),
+    ({"k": 51}, "k must be"),
+    ({"policy": 3}, "policy must be"),
+    ({"policy": 1}, "latency_table is required"),
+    ({"budgets": torch.tensor([3], dtype=torch.int32)}, "budgets must have shape"),
+    ({"tokens": torch.empty(2, 16, dtype=torch.int32)}, "tokens must be Long"),
+    ({"ancestor_bits": torch.empty(2, 16, 2, dtype=torch.int32)}, "ancestor_bits must have shape"),
+    ({"first_child": torch.empty(2, 16, dtype=torch.int32)}, "first_child must have shape"),
+    ({"n_nodes": torch.empty(3, dtype=torch.int32)}, "n_nodes must have shape"),
+    ({"scores": torch.empty(16, 2).t()}, "scores must be contiguous"),
+]
+# Bad values: only the CPU op, which reads them, can see these.
+VALUE_FAULTS = [
+    ({"draft_logits": torch.randn(2, 4, 50).index_fill(2, torch.tensor([3]), math.nan)}, "draft_logits must not contain NaN"),
+    ({"draft_logits": torch.full((2, 4, 50), -math.inf)}, "draft_logits has a row that is all -inf"),
+    ({"budgets": torch.tensor([0, 3], dtype=torch.int32)}, "budgets must be in"),
+    ({"context_lens": torch.tensor([0, -4])}, "context_lens must be >= 0"),
+    ({"latency_table": torch.full((1, 16), math.nan), "policy": 2}, "latency_table must be finite"),
+    ({"accept_scale": torch.tensor([-2.0])}, "accept_scale must be finite and >= 0"),
+]
+
+
+@pytest.mark.parametrize(("change", "names"), DATA_FREE_FAULTS + VALUE_FAULTS)
 def test_bad_inputs_to_the_op_raise_naming_the_argument(change, names):
     with pytest.raises(ValueError, match=names):
         torch.ops.bastion_ext.build_tree(*_op_args(**change))
@@ -236,3 +240,13 @@ def test_log_probabilities_round_exactly_like_the_float64_lse(dtype):
         m = wide.amax(-1)
         lse = (m + torch.log(torch.exp(wide - m[..., None]).sum(-1))).float()
         assert torch.equal(tree.scores[:, 0], (x.float().amax(-1) - lse)[:, 0])
+
+
+@pytest.mark.parametrize(("change", "names"), DATA_FREE_FAULTS)
+def test_the_fake_rejects_what_the_op_rejects_without_data(change, names):
+    """On meta tensors the op runs its fake (bastion_ext/fakes.py): same error type, same argument."""
+    args = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in _op_args(**change)]
+    argument = names.split(" ")[0]
+    with pytest.raises(ValueError, match=rf"^{argument}\b"):
+        torch.ops.bastion_ext.build_tree(*args)
+

@@ -78,3 +78,21 @@ def test_compact_kv_bad_inputs_name_the_argument():
 def test_compact_kv_opcheck():
     cache, cache_lens, accepted, accept_len = random_path_case(5)
     torch.library.opcheck(torch.ops.bastion_ext.compact_kv.default, (cache, cache_lens, accepted, accept_len))
+
+
+def test_the_fake_rejects_what_the_op_rejects_without_data():
+    """On meta tensors the op runs its fake (bastion_ext/fakes.py): ValueError naming the argument."""
+    cache, cache_lens, accepted, accept_len = (t.to("meta") for t in random_path_case(4))
+    faults = [
+        ((cache[0], cache_lens, accepted, accept_len), "cache"),
+        ((cache.int(), cache_lens, accepted, accept_len), "cache"),
+        ((cache.transpose(3, 4), cache_lens, accepted, accept_len), "cache"),
+        ((cache, cache_lens.int(), accepted, accept_len), "cache_lens"),
+        ((cache, cache_lens[:0], accepted, accept_len), "cache_lens"),
+        ((cache, cache_lens, accepted.long(), accept_len), "accepted_nodes"),
+        ((cache, cache_lens, accepted, accept_len[:0]), "accept_len"),
+    ]
+    for args, argument in faults:
+        with pytest.raises(ValueError, match=rf"^{argument}\b"):
+            torch.ops.bastion_ext.compact_kv(*args)
+    torch.ops.bastion_ext.compact_kv(cache, cache_lens, accepted, accept_len)

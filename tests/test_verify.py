@@ -190,3 +190,25 @@ def test_bad_inputs_name_the_argument():
         torch.ops.bastion_ext.verify_sample(tree.tokens, tree.first_child, tree.next_sibling, torch.zeros(2, 9, 5), torch.rand(2, 9), out.accepted_nodes, out.accept_len, out.bonus)
     with pytest.raises(ValueError, match="uniforms must have shape"):
         torch.ops.bastion_ext.verify_sample(tree.tokens, tree.first_child, tree.next_sibling, torch.full((2, 9, 5), 0.2), torch.rand(2, 8), out.accepted_nodes, out.accept_len, out.bonus)
+
+
+def test_the_fakes_reject_what_the_ops_reject_without_data():
+    """On meta tensors the ops run their fakes (bastion_ext/fakes.py): ValueError naming the argument."""
+    tree = ops.build_tree(torch.randn(2, 3, 20), 2, 8)
+    out = VerifyResult.empty(2, 3)
+    meta = lambda *ts: [t.to("meta") for t in ts]  # noqa: E731
+    links = meta(tree.tokens, tree.first_child, tree.next_sibling)
+    outs = meta(out.accepted_nodes, out.accept_len, out.bonus)
+    faults = [
+        ("target_argmax", lambda: torch.ops.bastion_ext.verify_greedy(*links, *meta(torch.zeros(2, 8, dtype=torch.int64)), *outs)),
+        ("target_argmax", lambda: torch.ops.bastion_ext.verify_greedy(*links, *meta(torch.zeros(2, 9, dtype=torch.int32)), *outs)),
+        ("first_child", lambda: torch.ops.bastion_ext.verify_greedy(links[0], links[2], links[2], *meta(torch.zeros(2, 9, dtype=torch.int64)), *outs)),
+        ("bonus", lambda: torch.ops.bastion_ext.verify_greedy(*links, *meta(torch.zeros(2, 9, dtype=torch.int64)), outs[0], outs[1], outs[1])),
+        ("target_probs", lambda: torch.ops.bastion_ext.verify_sample(*links, *meta(torch.zeros(2, 9, 5, dtype=torch.float64), torch.rand(2, 9)), *outs)),
+        ("uniforms", lambda: torch.ops.bastion_ext.verify_sample(*links, *meta(torch.full((2, 9, 5), 0.2), torch.rand(2, 8)), *outs)),
+    ]
+    for argument, call in faults:
+        with pytest.raises(ValueError, match=rf"^{argument}\b"):
+            call()
+    # And the well-formed call passes the fake.
+    torch.ops.bastion_ext.verify_greedy(*links, *meta(torch.zeros(2, 9, dtype=torch.int64)), *outs)
