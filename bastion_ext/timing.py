@@ -122,8 +122,8 @@ def time_us(
         raise ValueError("flush_l2 needs a CUDA device and cuda_graph=False (a flush inside a graph would be timed)")
     if not on_cuda:
         times = _cpu_times(fn, repeats, warmup)
-    elif cuda_graph:
-        times = _graph_times(fn, repeats, warmup, calls_per_graph)
     else:
-        times = _event_times(fn, repeats, warmup, flush_l2)
+        # Streams, events, the sleep and the flush buffer all belong to the current device.
+        with torch.cuda.device(torch.device(device)):
+            times = _graph_times(fn, repeats, warmup, calls_per_graph) if cuda_graph else _event_times(fn, repeats, warmup, flush_l2)
     return _quantiles(times)

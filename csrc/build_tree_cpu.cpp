@@ -105,15 +105,26 @@ void check_build_tree_values(const at::Tensor& context_lens, const at::Tensor& b
 }
 
 void build_tree_cpu(const BuildTreeArgs& a) {
-  const auto& [draft_logits, context_lens, budgets, latency_table, accept_scale, k, policy, tokens,
-               parents, depth, positions, scores, n_nodes, ancestor_bits, first_child,
-               next_sibling] = a;
-  const auto ctx = context_lens.contiguous();
-  const auto bud = budgets.contiguous();
-  const auto lat = latency_table.has_value() ? std::optional<at::Tensor>(latency_table->contiguous())
-                                             : std::nullopt;
-  const auto scale = accept_scale.has_value() ? std::optional<at::Tensor>(accept_scale->contiguous())
-                                              : std::nullopt;
+  // Plain references, not a structured binding: the parallel_for lambda below captures them
+  // (capturing a binding is C++20).
+  at::Tensor& tokens = a.tokens;
+  at::Tensor& parents = a.parents;
+  at::Tensor& depth = a.depth;
+  at::Tensor& positions = a.positions;
+  at::Tensor& scores = a.scores;
+  at::Tensor& n_nodes = a.n_nodes;
+  at::Tensor& ancestor_bits = a.ancestor_bits;
+  at::Tensor& first_child = a.first_child;
+  at::Tensor& next_sibling = a.next_sibling;
+  const int64_t policy = a.policy;
+  const int64_t k = a.k;
+  const at::Tensor& draft_logits = a.draft_logits;
+  const auto ctx = a.context_lens.contiguous();
+  const auto bud = a.budgets.contiguous();
+  const auto lat = a.latency_table.has_value() ? std::optional<at::Tensor>(a.latency_table->contiguous())
+                                               : std::nullopt;
+  const auto scale = a.accept_scale.has_value() ? std::optional<at::Tensor>(a.accept_scale->contiguous())
+                                                : std::nullopt;
   const int64_t max_nodes = tokens.size(1);
   check_build_tree_values(ctx, bud, lat, scale, max_nodes);
 

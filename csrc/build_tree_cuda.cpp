@@ -1,6 +1,7 @@
 // CUDA backend of bastion_ext::build_tree: the torch adapter around build_tree_cuda.cu.
-// Checks arguments (checks.h, the same messages as the CPU op), guards the device, takes
-// torch's current stream, maps the logit dtype and launches. Tensor values (budgets, latency,
+// Runs behind build_tree_op (build_tree_args.h: the checks both backends share), adds the
+// CUDA-only limits, guards the device, takes torch's current stream, maps the logit dtype and
+// launches. Tensor values (budgets, latency,
 // NaN in the logits) are not read here: that would need a host sync; the kernel's defined
 // behaviour for them is in build_tree_cuda.cuh.
 #include <ATen/ATen.h>

@@ -1,6 +1,6 @@
 // CUDA build_tree (docs/ops.md), framework-free: raw pointers, a params struct and a stream.
-// The torch adapter (build_tree_cuda.cpp) checks arguments, sizes the workspace and calls
-// launch_build_tree; nothing here knows about torch, so the .cu compiles with nvcc alone.
+// The torch adapter (build_tree_cuda.cpp, behind the checks of build_tree_args.h) sizes the
+// workspace and calls launch_build_tree; nothing here knows about torch, so the .cu compiles with nvcc alone.
 //
 // Two kernels, both on `stream`, no host sync, no allocation:
 //   1. topk_scan_kernel, grid (splits, batch * positions): each block scans one slice of one
@@ -17,8 +17,8 @@
 // writes are block-parallel.
 //
 // A request whose logits hold NaN or +inf, or a row that is all -inf, cannot raise here
-// (raising needs a host sync): its tree is written as all padding with n_nodes = 0. The
-// Python wrapper's optional validation turns that into an error before the kernel runs.
+// (raising needs a host sync): its tree is written as all padding with n_nodes = 0. To have
+// such values rejected, build on the CPU, whose op reads and checks them.
 #pragma once
 
 #include <cuda_runtime.h>

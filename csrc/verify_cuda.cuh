@@ -31,8 +31,9 @@ cudaError_t launch_verify_greedy(const VerifyParams& params, const int64_t* targ
                                  cudaStream_t stream);
 
 // Inverse-CDF samples of every verify token (one block per row), then the walk.
-// target_probs: (batch, N + 1, vocab) fp32; uniforms: (batch, N + 1) fp32;
-// samples: (batch, N + 1) int64 scratch the adapter allocates.
+// target_probs: (batch, N + 1, vocab) fp32; uniforms: (batch, N + 1) fp32 in [0, 1), not read
+// back to be checked: a u < 0 samples token 0, a u >= 1 (or NaN) the last token of positive
+// probability. samples: (batch, N + 1) int64 scratch the adapter allocates.
 cudaError_t launch_verify_sample(const VerifyParams& params, const float* target_probs,
                                  int64_t vocab, const float* uniforms, int64_t* samples,
                                  cudaStream_t stream);
