@@ -23,7 +23,6 @@ POLICIES = {"fixed": _C.POLICY_FIXED, "greedy_stop": _C.POLICY_GREEDY_STOP, "arg
 MAX_K = _C.MAX_K
 MAX_POSITIONS = _C.MAX_POSITIONS
 MAX_NODES = _C.MAX_NODES
-LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _fail_unless(ok: bool, message) -> None:

@@ -73,16 +73,14 @@ def bench_build(batch: int, vocab: int, k: int, n: int, positions: int, bandwidt
     ctx = torch.zeros(batch, dtype=torch.int64, device="cuda")
     budgets = torch.full((batch,), n, dtype=torch.int32, device="cuda")
     t = DraftTree.empty(batch, n, positions, "cuda")
-    args = (t.tokens, t.parents, t.depth, t.positions, t.scores, t.n_nodes, t.ancestor_bits,
-            t.first_child, t.next_sibling)
+    args = tuple(t.tensors().values())  # the outputs in the schema's order
     ours = time_us(lambda: torch.ops.bastion_ext.build_tree(logits, ctx, budgets, None, None, k, 0, *args), "cuda",
                    REPLAYS, CALLS_PER_GRAPH)
     # The same call at N = 1: the top-k / log-sum-exp scan and the merge with a trivial tree,
     # so the rows show how the time splits between the scan and the expansion.
     t1 = DraftTree.empty(batch, 1, positions, "cuda")
     one = torch.ones(batch, dtype=torch.int32, device="cuda")
-    args1 = (t1.tokens, t1.parents, t1.depth, t1.positions, t1.scores, t1.n_nodes, t1.ancestor_bits,
-             t1.first_child, t1.next_sibling)
+    args1 = tuple(t1.tensors().values())
     scan = time_us(lambda: torch.ops.bastion_ext.build_tree(logits, ctx, one, None, None, k, 0, *args1), "cuda",
                    REPLAYS, CALLS_PER_GRAPH)
     floor_us = logits.numel() * logits.element_size() / bandwidth * 1e6

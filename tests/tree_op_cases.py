@@ -27,8 +27,8 @@ def empty_tree(batch: int, max_nodes: int, positions: int, device) -> DraftTree:
 def empty_walk(batch: int, positions: int, device) -> VerifyResult:
     """``VerifyResult.empty`` with every tensor filled with JUNK."""
     walk = VerifyResult.empty(batch, positions, device)
-    for name in ("accepted_nodes", "accept_len", "bonus"):
-        getattr(walk, name).fill_(JUNK)
+    for t in walk.tensors().values():
+        t.fill_(JUNK)
     return walk
 
 
