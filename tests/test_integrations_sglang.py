@@ -48,7 +48,7 @@ EAGLE_PARENTS = [[-1, 0, 0, 1, 2, 3, 4, 5], [-1, 0, 1, 1, 1, 1, 3, 6]]
 EAGLE_DRAFT_POSITIONS = 4
 
 
-def _greedy_case():
+def greedy_case():
     """SGLang's hand-built trees as a DraftTree (P = S - 1 = 3) and the target's argmax."""
     target_predict = torch.full((2, 6), 18)
     for (b, i), token in GREEDY_ARGMAX.items():
@@ -60,7 +60,7 @@ def _greedy_case():
 
 def test_sglang_greedy_case_through_our_verify():
     """SGLang's tensors -> DraftTree -> our verify_greedy -> SGLang's outputs, exactly."""
-    tree, target_predict = _greedy_case()
+    tree, target_predict = greedy_case()
     got = to_sglang_accept(ops.verify_greedy(tree, target_predict), tree)
     assert got.predicts.dtype == got.accept_index.dtype == got.accept_token_num.dtype == torch.int32
     assert got.predicts.tolist() == GREEDY_PREDICTS
@@ -72,7 +72,7 @@ def test_sglang_greedy_case_read_back():
     """The other direction: our tree gives back SGLang's input tensors (request 1's root lists
     its children out of index order, 4 then 1, and keeps that order), and SGLang's expected
     outputs read as a VerifyResult equal our walk's."""
-    tree, target_predict = _greedy_case()
+    tree, target_predict = greedy_case()
     assert tree.parents.tolist() == [[-1, 0, -1, 2, 3], [-1, 0, 1, -1, 3]]
     sg = to_sglang(tree, torch.tensor([0, 7]), torch.zeros(2, dtype=torch.int64))
     assert sg.candidates.tolist() == GREEDY_CANDIDATES
@@ -86,7 +86,7 @@ def test_sglang_greedy_case_read_back():
     assert_same_walk(theirs, ops.verify_greedy(tree, target_predict))
 
 
-def _eagle_tree():
+def eagle_tree():
     return tree_from_parents(torch.tensor(EAGLE_DRAFT_TOKENS), torch.tensor(EAGLE_PARENTS), torch.tensor(EAGLE_SEQ_LENS),
                              EAGLE_DRAFT_POSITIONS)  # fmt: skip
 
@@ -94,7 +94,7 @@ def _eagle_tree():
 def test_sglang_build_tree_case_from_our_tree():
     """The EAGLE tree as a DraftTree gives build_tree_kernel_efficient's expected positions,
     retrive_index, next_token, next_sibling and draft tokens."""
-    tree = _eagle_tree()
+    tree = eagle_tree()
     sg = to_sglang(tree, torch.tensor([row[0] for row in EAGLE_DRAFT_TOKENS]), torch.tensor(EAGLE_SEQ_LENS))
     assert sg.positions.tolist() == EAGLE_POSITIONS
     assert sg.retrive_index.tolist() == [list(range(8)), list(range(8, 16))]
@@ -111,10 +111,10 @@ def test_sglang_build_tree_case_to_our_tree():
     assert tree.parents.tolist() == [[p - 1 if p > 0 else -1 for p in row[1:]] for row in EAGLE_PARENTS]
     assert tree.positions.flatten().tolist() == EAGLE_POSITIONS[1:8] + EAGLE_POSITIONS[9:]
     assert tree.n_nodes.tolist() == [7, 7]
-    assert_same_tree(tree, _eagle_tree(), "eagle")
+    assert_same_tree(tree, eagle_tree(), "eagle")
 
 
-def _visibility_by_hand(parents: list[int]) -> list[list[bool]]:
+def visibility_by_hand(parents: list[int]) -> list[list[bool]]:
     """Row i sees the root, itself and its ancestors (parents in local indices, -1 = none)."""
     d = len(parents)
     rows = []
@@ -131,9 +131,9 @@ def _visibility_by_hand(parents: list[int]) -> list[list[bool]]:
 def test_sglang_masks_of_the_build_tree_case():
     """All three mask layouts of the EAGLE case against visibility walked by hand: FULL with
     its prefix columns, QLEN_ONLY, and the bits of QLEN_ONLY_BITPACKING (uint8 at D = 8)."""
-    tree = _eagle_tree()
+    tree = eagle_tree()
     seq_lens = torch.tensor(EAGLE_SEQ_LENS)
-    want = [_visibility_by_hand(p) for p in EAGLE_PARENTS]
+    want = [visibility_by_hand(p) for p in EAGLE_PARENTS]
     full = sglang_tree_mask(tree, TreeMaskMode.FULL_MASK, seq_lens, sum(EAGLE_SEQ_LENS)).tolist()
     want_full = [v for s, rows in zip(EAGLE_SEQ_LENS, want) for row in rows for v in [True] * s + row]
     assert full == want_full
@@ -276,7 +276,7 @@ def test_sglang_conversions_read_nothing_back():
         from_sglang_accept(accept.predicts, accept.accept_index, accept.accept_token_num)
 
 
-def _fields(value) -> tuple:
+def field_values(value) -> tuple:
     return tuple(getattr(value, f.name) for f in dataclasses.fields(value))
 
 
@@ -288,13 +288,13 @@ def test_sglang_conversions_trace_in_one_graph():
     sg = to_sglang(tree, roots, context)
     accept = to_sglang_accept(result, tree)
     cases = {
-        "to_sglang": (lambda t, r, c: _fields(to_sglang(t, r, c)), (tree, roots, context)),
+        "to_sglang": (lambda t, r, c: field_values(to_sglang(t, r, c)), (tree, roots, context)),
         "full": (lambda t, c: sglang_tree_mask(t, TreeMaskMode.FULL_MASK, c, 14), (tree, context)),
         "qlen": (lambda t: sglang_tree_mask(t, TreeMaskMode.QLEN_ONLY), (tree,)),
         "bits": (lambda t: sglang_tree_mask(t, TreeMaskMode.QLEN_ONLY_BITPACKING), (tree,)),
         "from_sglang": (lambda s, c: tuple(from_sglang(s.candidates, s.retrive_next_token, s.retrive_next_sibling, c, 4).tensors().values()),
                         (sg, context)),
-        "to_sglang_accept": (lambda r, t: _fields(to_sglang_accept(r, t)), (result, tree)),
+        "to_sglang_accept": (lambda r, t: field_values(to_sglang_accept(r, t)), (result, tree)),
         "from_sglang_accept": (lambda a: tuple(from_sglang_accept(a.predicts, a.accept_index, a.accept_token_num).tensors().values()),
                                (accept,)),
     }
