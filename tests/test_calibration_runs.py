@@ -42,3 +42,27 @@ def test_unreadable_calibration_is_named(fake_measure, tmp_path):
     path.write_text("[1, 2")
     with pytest.raises(ValueError, match="unreadable"):
         cal.load_or_calibrate(None, None, path, log=lambda m: None)
+
+
+def test_an_unwritable_cache_is_a_warning(fake_measure, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    logs = []
+    result = cal.load_or_calibrate(None, None, blocker / "lat.json", log=logs.append)
+    assert result["runs"] == 1 and fake_measure == [None]  # this run still uses its measurement
+    assert logs[-1].startswith(f"warning: cannot save the latency calibration to {blocker / 'lat.json'}")
+
+
+def test_save_replaces_the_file_whole(monkeypatch, tmp_path):
+    """An interrupted save leaves the old calibration (never a cut one) and no stray files."""
+    path = tmp_path / "lat.json"
+    cal.save({"runs": 1}, path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cal.save({"runs": 2, "grid": list(range(1000))}, path)
+    assert json.loads(path.read_text()) == {"runs": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["lat.json"]

@@ -112,7 +112,7 @@ def test_greedy_output_equals_ar(smollm2, ar_outputs, cpu_latency, strategy):
 def random_dflash_drafter(model, tokenizer, seed=0):
     """A real DFlash-architecture drafter with random weights (1 layer, block 6)."""
     from bastion.drafter import DFlashDrafter
-    from bastion.train_drafter import drafter_config_for
+    from bastion.training.init import drafter_config_for
 
     torch.manual_seed(seed)
     config = drafter_config_for(model, tokenizer, num_layers=1, block_size=6, layer_ids=[1, 15])
@@ -228,6 +228,13 @@ def test_sampler_top_p_keeps_smallest_prefix_reaching_mass():
     torch.testing.assert_close(probs, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
     with pytest.raises(ValueError, match="top_p"):
         Sampler(temperature=1.0, top_p=0.0)
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), 1e-40, -1.0, 1e9])
+def test_sampler_rejects_temperatures_that_break_the_softmax(temperature):
+    """NaN or a tiny T made NaN probabilities (token -1); inf sampled uniform noise (issue 19)."""
+    with pytest.raises(ValueError, match="temperature must be 0 or in"):
+        Sampler(temperature=temperature)
 
 
 @pytest.mark.model

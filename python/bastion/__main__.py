@@ -2,6 +2,10 @@
 
 import sys
 
-from bastion.cli import main
+try:
+    from bastion.cli import main
+except KeyboardInterrupt:  # Ctrl-C while torch and transformers import: no traceback
+    print("bastion: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

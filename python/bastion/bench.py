@@ -92,7 +92,7 @@ def run_bench(args) -> int:
     from tqdm import tqdm
 
     from .calibrate import load_or_calibrate
-    from .cli_support import UserError, int_list, load_models
+    from .cli_support import UserError, check_latency_path, int_list, load_models
 
     try:
         rows = load_prompt_file(args.prompts) if args.prompts else load_prompts("eval")
@@ -110,6 +110,7 @@ def run_bench(args) -> int:
     if bad:
         raise UserError(f"--strategies: unknown {bad}; choose from {', '.join(STRATEGIES)}")
     budgets = int_list(args.budgets, "--budgets")
+    check_latency_path(args.latency)
     model, tokenizer, drafter = load_models(args, need_drafter=any(s != "ar" for s in strategies))
     latency = None
     if {"caddtree", "bastion"} & set(strategies):

@@ -17,6 +17,7 @@ from bastion_ext.latency.calibration import VerifyGrid
 from bastion_ext.timing import time_us
 
 from .engine.target import TargetCache
+from .outputs import AtomicLines
 
 QUICK_NS = (2, 4, 8, 16, 32, 64)  # a verify is the root + >= 1 node: never 1 token
 QUICK_CS = (64, 512)
@@ -126,9 +127,13 @@ def latency_from(calibration: dict, model) -> LatencyModel:
 
 
 def save(calibration: dict, path: str | os.PathLike) -> Path:
+    """Write ``calibration`` to ``path`` atomically: a file cut short by an interrupted save
+    would make every later run fail to read it. OSError if the directory is not writable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(calibration, indent=1))
+    text = json.dumps(calibration, indent=1)
+    with AtomicLines(str(path), keep_partial=False) as f:
+        f.write_line(text)
     return path
 
 
@@ -154,5 +159,9 @@ def load_or_calibrate(model, drafter=None, path: str | os.PathLike | None = None
         log(f"no latency calibration at {path}: measuring a quick one, refined by the next {QUICK_RUNS - 1} runs "
             "(bastion calibrate saves a fuller one)")
     calibration = calibrate(model, drafter, previous=previous)
-    save(calibration, path)
+    try:
+        save(calibration, path)
+    except OSError as err:  # the measurement is still good for this run
+        log(f"warning: cannot save the latency calibration to {path} ({err.strerror or err}); "
+            "the next run will measure again")
     return latency_from(calibration, model)

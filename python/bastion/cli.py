@@ -8,11 +8,16 @@ import json
 import os
 import sys
 
-from .cli_support import UserError, int_list, load_models
+from bastion_ext.ops import MAX_K, MAX_NODES
+
+from .cli_support import UserError, check_latency_path, int_list, load_models
 from .dtypes import CHOICES as DTYPES
+from .engine.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
 from .engine.strategies import DEFAULT_TOPK, STRATEGIES
+from .outputs import AtomicLines, check_writable
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 def positive_int(text: str) -> int:
@@ -22,10 +27,28 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_float(text: str) -> float:
+def int_at_most(limit: int):
+    """An argparse type: an int in 1..limit."""
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be <= {limit}, got {value}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in "invalid int value"
+    return parse
+
+
+def temperature(text: str) -> float:
     value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not (value == 0 or MIN_TEMPERATURE <= value <= MAX_TEMPERATURE):
+        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {text}")
+    return value
+
+
+def top_p(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
 
 
@@ -40,10 +63,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
-    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=temperature, default=0.0,
+                   help=f"0 = greedy (default), else sample at T in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
+    p.add_argument("--top-p", type=top_p, default=1.0, help="nucleus mass in (0, 1] (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--topk", type=positive_int, default=DEFAULT_TOPK, help="tree branching width K")
+    p.add_argument("--topk", type=int_at_most(MAX_K), default=DEFAULT_TOPK, help="tree branching width K")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=positive_int, default=1, help="with --prompts: requests decoded together (default 1)")
     g.add_argument("--out", default=None, help="with --prompts: write one JSON object per prompt here, in input order (default stdout)")
     g.add_argument("--strategy", choices=STRATEGIES, default="bastion")
-    g.add_argument("--budget", type=positive_int, default=None, help="ddtree: nodes per tree; caddtree/bastion: the cap")
+    g.add_argument("--budget", type=int_at_most(MAX_NODES), default=None, help="ddtree: nodes per tree; caddtree/bastion: the cap")
     g.add_argument("--compare", action="store_true", help="also run `ar` and print the measured speedup")
     g.add_argument("--records", default=None, help="write one JSON line per round here (for bench/replay_policies.py)")
     g.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
@@ -98,33 +122,55 @@ def format_summary(name: str, summary: dict) -> str:
     return line
 
 
-def _generate_file(args, model, tokenizer, drafter, latency, config, eos) -> int:
-    """``generate --prompts FILE``: every prompt, ``--batch-size`` at a time, one JSON object
-    per prompt (in input order) to ``--out`` or stdout; a summary per batch on stderr."""
-    from .engine import generate_batch
+def _load_prompt_rows(path: str) -> list[dict]:
     from .prompts import load_prompt_file
 
     try:
-        rows = load_prompt_file(args.prompts)
+        return load_prompt_file(path)
     except OSError as err:
-        raise UserError(f"--prompts: cannot read {args.prompts!r}: {err.strerror or err}") from None
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    try:
+        raise UserError(f"--prompts: cannot read {path!r}: {err.strerror or err}") from None
+
+
+class _Stdout:
+    """stdout with ``AtomicLines``' interface (nothing to protect)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def write_line(self, text: str) -> None:
+        print(text, flush=True)
+
+
+def _generate_file(args, rows, model, tokenizer, drafter, latency, config, eos) -> int:
+    """``generate --prompts FILE``: every prompt, ``--batch-size`` at a time, one JSON object
+    per prompt (in input order) to ``--out`` or stdout; a summary per batch on stderr. Every
+    prompt is checked against the context window before the first forward."""
+    from .engine import generate_batch
+    from .engine.loop import check_context
+
+    positions = 0 if drafter is None else drafter.block_size - 1
+    all_ids = []
+    for row in rows:
+        all_ids.append(_prompt_ids(args, tokenizer, row["prompt"]))
+        try:
+            check_context(model, len(all_ids[-1]), args.max_new_tokens, positions)
+        except ValueError as err:
+            raise UserError(f"{args.prompts}:{row['line']}: {err}; nothing generated") from None
+    with AtomicLines(args.out) if args.out else _Stdout() as out:
         for start in range(0, len(rows), args.batch_size):
             chunk = rows[start:start + args.batch_size]
-            ids = [_prompt_ids(args, tokenizer, row["prompt"]) for row in chunk]
-            results = generate_batch(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=eos)
+            results = generate_batch(model, all_ids[start:start + args.batch_size], config, drafter=drafter,
+                                     latency=latency, eos_token_ids=eos)
             for row, result in zip(chunk, results):
-                out.write(json.dumps({"id": row["id"], "prompt": row["prompt"], "text": tokenizer.decode(result.tokens, skip_special_tokens=True),
-                                      "token_ids": result.tokens, "new_tokens": len(result.tokens), "rounds": len(result.rounds),
-                                      "mean_accept_len": result.mean_accept_len, "batch_seconds": result.total_s}) + "\n")
-            out.flush()
+                out.write_line(json.dumps({"id": row["id"], "prompt": row["prompt"], "text": tokenizer.decode(result.tokens, skip_special_tokens=True),
+                                           "token_ids": result.tokens, "new_tokens": len(result.tokens), "rounds": len(result.rounds),
+                                           "mean_accept_len": result.mean_accept_len, "batch_seconds": result.total_s}))
             tokens = sum(len(r.tokens) for r in results)
             print(f"[{args.strategy}] prompts {start + 1}-{start + len(chunk)} of {len(rows)}: {tokens} tokens in "
                   f"{results[0].total_s:.2f} s = {tokens / results[0].total_s:.2f} tokens/s (batch {len(chunk)})", file=sys.stderr)
-    finally:
-        if args.out:
-            out.close()
     return 0
 
 
@@ -142,6 +188,13 @@ def cmd_generate(args) -> int:
         raise UserError("give a prompt or --prompts FILE (one of them)")
     if args.prompts is None and (args.batch_size != 1 or args.out):
         raise UserError("--batch-size and --out go with --prompts FILE")
+    # Everything the user gave is checked before the model loads (seconds to minutes).
+    rows = _load_prompt_rows(args.prompts) if args.prompts is not None else None
+    if args.out:
+        check_writable(args.out, "--out", source=args.prompts)
+    if args.records:
+        check_writable(args.records, "--records")
+    check_latency_path(args.latency)
     model, tokenizer, drafter = load_models(args, need_drafter=args.strategy != "ar")
     latency = None
     if args.strategy in ("caddtree", "bastion"):
@@ -151,7 +204,7 @@ def cmd_generate(args) -> int:
                               record_topk=8 if args.records else 0)
     eos = tuple(t for t in [tokenizer.eos_token_id] if t is not None)
     if args.prompts is not None:
-        return _generate_file(args, model, tokenizer, drafter, latency, config, eos)
+        return _generate_file(args, rows, model, tokenizer, drafter, latency, config, eos)
     ids = _prompt_ids(args, tokenizer, args.prompt)
     streamed: list[int] = []
     printed = [0]
@@ -169,9 +222,9 @@ def cmd_generate(args) -> int:
     sys.stdout.write(tokenizer.decode(streamed, skip_special_tokens=True)[printed[0]:] + "\n")
     print(format_summary(args.strategy, result.summary()))
     if args.records:
-        with open(args.records, "w", encoding="utf-8") as f:
+        with AtomicLines(args.records) as f:
             for record in result.rounds:
-                f.write(json.dumps(record) + "\n")
+                f.write_line(json.dumps(record))
     if args.compare and args.strategy != "ar":
         baseline = generate(model, ids, GenerationConfig(strategy="ar", max_new_tokens=args.max_new_tokens,
                                                          temperature=args.temperature, top_p=args.top_p, seed=args.seed),
@@ -193,6 +246,8 @@ def cmd_generate(args) -> int:
 def cmd_calibrate(args) -> int:
     from .calibrate import calibrate, default_path, save
 
+    if args.out:
+        check_writable(args.out, "--out")
     model, _, drafter = load_models(args, need_drafter=True)
     result = calibrate(model, drafter, int_list(args.ns, "--ns"), int_list(args.cs, "--cs"), repeats=args.repeats)
     result.pop("runs")  # a deliberate calibration is final: later runs use it as it is
@@ -228,4 +283,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bastion: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        return 130
+        print("bastion: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

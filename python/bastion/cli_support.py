@@ -21,6 +21,14 @@ def int_list(text: str, name: str) -> list[int]:
     return values
 
 
+def check_latency_path(path: str | None) -> None:
+    """An explicit ``--latency`` must exist: a mistyped path would otherwise start a
+    minutes-long calibration and save it there."""
+    if path is not None and not os.path.isfile(path):
+        raise UserError(f"--latency {path!r} does not exist (make it with `bastion calibrate --out {path}`, "
+                        "or leave --latency out to use the per-model cache)")
+
+
 def load_models(args, need_drafter: bool):
     """(model, tokenizer, drafter or None), with loading failures as UserError."""
     import torch
@@ -37,7 +45,10 @@ def load_models(args, need_drafter: bool):
     except FileNotFoundError as err:
         raise UserError(str(err)) from None
     except Exception as err:  # noqa: BLE001  a corrupt or foreign file fails deep inside transformers
-        raise UserError(f"cannot load the model {args.model or '(embedded)'}: {type(err).__name__}: {first_line(err)}") from None
+        name = args.model or "(embedded)"
+        if str(args.model).endswith(".gguf") and not gguf_is_complete(args.model):
+            raise UserError(f"cannot load the model {name}: not a complete GGUF file (truncated or corrupt)") from None
+        raise UserError(f"cannot load the model {name}: {type(err).__name__}: {first_line(err)}") from None
     drafter = None
     if need_drafter:
         from .drafter import load_drafter
@@ -47,6 +58,18 @@ def load_models(args, need_drafter: bool):
         except Exception as err:  # noqa: BLE001
             raise UserError(f"cannot load the drafter {args.drafter or '(default)'}: {type(err).__name__}: {first_line(err)}") from None
     return model, tokenizer, drafter
+
+
+def gguf_is_complete(path: str) -> bool:
+    """Whether gguf's own reader can map every tensor of ``path`` (asked only after a load
+    failed: it takes seconds, and transformers' errors for a cut file name no file)."""
+    import gguf
+
+    try:
+        gguf.GGUFReader(path)
+    except Exception:  # noqa: BLE001  any failure of the reader means the file is not usable
+        return False
+    return True
 
 
 def first_line(err: Exception) -> str:

@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import torch
 
+# Below MIN_TEMPERATURE, logits / T can overflow fp32 to inf and the softmax to NaN (use 0 for
+# greedy); above MAX_TEMPERATURE the distribution is uniform noise to fp32 precision.
+MIN_TEMPERATURE = 1e-4
+MAX_TEMPERATURE = 1e4
+
 
 class Sampler:
     """How the target's next tokens are chosen, shared by every request of one run.
 
     Parameters
     ----------
-    temperature : 0 for greedy decoding, > 0 to sample from softmax(logits / temperature).
+    temperature : 0 for greedy decoding, or in [MIN_TEMPERATURE, MAX_TEMPERATURE] to sample
+        from softmax(logits / temperature).
     top_p : nucleus mass in (0, 1]; 1 keeps the whole distribution.
     seed : seeds the generator the uniforms come from.
     device : where the generator lives (the model's device): uniforms never cross to the host.
     """
 
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, device="cpu"):
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+            raise ValueError(f"temperature must be 0 or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         self.temperature = temperature

@@ -16,23 +16,29 @@ _FILES = {"train": ("train.jsonl", "train_synth.jsonl"), "eval": ("eval.jsonl",)
 
 def load_prompt_file(path: str | os.PathLike, default_category: str = "custom") -> list[dict]:
     """Rows of a JSONL prompt file: one object per line with ``prompt`` (required), optional
-    ``category`` (default ``default_category``) and ``id`` (default ``<stem>-<line>``).
-    ValueError naming the file and line for a malformed line."""
+    ``category`` (default ``default_category``) and ``id`` (default ``<stem>-<line>``); each
+    row also gets its ``line`` number. ValueError naming the file and line for a malformed
+    line (invalid UTF-8 included)."""
     path = Path(path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not a JSON object ({err.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
-                raise ValueError(f"{path}:{number}: each line needs a non-empty string \"prompt\"")
-            row.setdefault("category", default_category)
-            row.setdefault("id", f"{path.stem}-{number:05d}")
-            rows.append(row)
+    # Decoded line by line (not by a text-mode file) so that bad UTF-8 names its line.
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}:{number}: not UTF-8 text (byte {err.start + 1} of the line)") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not a JSON object ({err.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+            raise ValueError(f"{path}:{number}: each line needs a non-empty string \"prompt\"")
+        row.setdefault("category", default_category)
+        row.setdefault("id", f"{path.stem}-{number:05d}")
+        row["line"] = number
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no prompts")
     return rows

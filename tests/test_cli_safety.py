@@ -1,0 +1,122 @@
+"""``bastion generate`` never loses data and checks what it was given before working: options
+and paths before the model loads, every prompt before the first forward, ``--out`` replaced
+only by a complete result (issue 19)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import bastion.cli
+import bastion.models
+from bastion.cli import main
+from bastion.models import embedded_gguf_path
+
+OLD = "".join(json.dumps({"old": i}) + "\n" for i in range(5))
+
+
+def run_main(argv):
+    try:
+        return main(argv)
+    except SystemExit as stop:  # argparse's own usage errors
+        return stop.code
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model is a test failure: these errors must come first."""
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(bastion.models, "load_target", load)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--budget", "100000"], "argument --budget: must be <= 4096, got 100000"),
+    (["--topk", "0"], "argument --topk: must be >= 1"),
+    (["--temperature", "nan"], "argument --temperature: must be 0 (greedy) or in [0.0001, 10000], got nan"),
+    (["--temperature", "inf"], "argument --temperature: must be 0"),
+    (["--temperature", "1e-40"], "argument --temperature: must be 0"),
+    (["--top-p", "nan"], "argument --top-p: must be in (0, 1], got nan"),
+    (["--top-p", "0"], "argument --top-p: must be in (0, 1]"),
+    (["--out", "PROMPTS"], "is the input file itself"),
+    (["--out", "DIR"], "is a directory"),
+    (["--records", "/no/such/dir/rounds.jsonl"], "--records '/no/such/dir/rounds.jsonl': directory '/no/such/dir' does not exist"),
+    (["--latency", "/no/such/latency.json"], "--latency '/no/such/latency.json' does not exist"),
+], ids=["budget", "topk", "t-nan", "t-inf", "t-tiny", "top-p-nan", "top-p-0", "out-is-prompts", "out-is-dir",
+        "records-dir", "latency-missing"])
+def test_bad_options_fail_before_the_model_loads(no_model, tmp_path, capsys, extra, message):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(OLD.replace('"old"', '"prompt": "hi", "n"'))
+    before = prompts.read_text()
+    extra = [str(prompts) if a == "PROMPTS" else str(tmp_path) if a == "DIR" else a for a in extra]
+    assert run_main(["generate", "--prompts", str(prompts), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err.splitlines()[-1] and "Traceback" not in err  # argparse's usage may come first
+    assert prompts.read_text() == before
+
+
+def test_a_non_utf8_prompt_file_names_file_and_line(no_model, tmp_path, capsys):
+    prompts = tmp_path / "latin1.jsonl"
+    prompts.write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n')
+    assert run_main(["generate", "--prompts", str(prompts)]) == 2
+    assert f"{prompts}:2: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_a_truncated_gguf_is_named(tmp_path, capsys):
+    cut = tmp_path / "cut.gguf"
+    with open(embedded_gguf_path(), "rb") as f:
+        cut.write_bytes(f.read(1 << 20))
+    assert run_main(["generate", "hi", "--model", str(cut), "--strategy", "ar"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"bastion: error: cannot load the model {cut}: not a complete GGUF file (truncated or corrupt)")
+
+
+@pytest.fixture
+def embedded(monkeypatch, smollm2):
+    real = bastion.models.load_target
+    monkeypatch.setattr(bastion.models, "load_target", lambda path=None, **kw: smollm2 if path is None else real(path, **kw))
+    return smollm2
+
+
+@pytest.mark.model
+def test_an_overlong_prompt_is_named_before_anything_runs(embedded, monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr("bastion.engine.generate_batch", lambda *a, **kw: calls.append(a))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Say hi."}) + "\n\n" + json.dumps({"prompt": "word " * 9000}) + "\n")
+    out = tmp_path / "res.jsonl"
+    out.write_text(OLD)
+    assert run_main(["generate", "--prompts", str(prompts), "--out", str(out), "--strategy", "ar"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"bastion: error: {prompts}:3: prompt of ") and "nothing generated" in err
+    assert calls == [] and out.read_text() == OLD and sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "res.jsonl"]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("failure, code, message", [(KeyboardInterrupt, 130, "bastion: interrupted"),
+                                                    (ValueError("boom"), 2, "bastion: error: boom")])
+def test_a_failed_run_keeps_out_and_its_finished_results(embedded, monkeypatch, tmp_path, capsys, failure, code, message):
+    from bastion.engine import generate_batch
+
+    calls = []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise failure
+        return generate_batch(*args, **kwargs)
+
+    monkeypatch.setattr("bastion.engine.generate_batch", fail_second)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["Say hi.", "Name a color.", "Count to three."]))
+    out = tmp_path / "res.jsonl"
+    out.write_text(OLD)
+    argv = ["generate", "--prompts", str(prompts), "--out", str(out), "--strategy", "ar", "--max-new-tokens", "2"]
+    assert run_main(argv) == code
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == message and "Traceback" not in err
+    assert f"kept the 1 finished result(s) in {out}.partial; {out} is untouched" in err
+    assert out.read_text() == OLD
+    assert [json.loads(line)["prompt"] for line in Path(f"{out}.partial").read_text().splitlines()] == ["Say hi."]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "res.jsonl", "res.jsonl.partial"]

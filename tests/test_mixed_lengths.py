@@ -1,0 +1,47 @@
+"""Prompts of different lengths decode together without reading memory nobody wrote (issue
+19, finding 1): with every Python-side ``torch.empty`` poisoned with NaN, a ragged batch in
+fp32 and bf16 decodes without error, and in fp32 each request's tokens are its batch-1 ar's."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import chat_ids
+
+from bastion.engine import GenerationConfig, generate, generate_batch
+
+
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """torch.empty / empty_like / Tensor.new_empty return NaN-filled floats, so that a read of
+    an unwritten slot shows up in the output instead of depending on what memory held."""
+    def poisoned(original):
+        def make(*args, **kwargs):
+            t = original(*args, **kwargs)
+            return t.fill_(float("nan")) if t.is_floating_point() else t
+        return make
+
+    monkeypatch.setattr(torch, "empty", poisoned(torch.empty))
+    monkeypatch.setattr(torch, "empty_like", poisoned(torch.empty_like))
+    monkeypatch.setattr(torch.Tensor, "new_empty", poisoned(torch.Tensor.new_empty))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_ragged_batch_reads_no_unwritten_memory(smollm2, nan_empty, dtype):
+    from bastion.drafter import load_drafter
+
+    model, tokenizer = smollm2
+    if dtype != model.dtype:
+        model = copy.deepcopy(model).to(dtype)
+    drafter = load_drafter(None, model)
+    long = chat_ids(tokenizer, "Write a haiku about rain, with vivid imagery and a surprising last line.")
+    prompts = [long, long[:5], tokenizer("Hello", add_special_tokens=False)["input_ids"], long[:17]]
+    config = GenerationConfig(strategy="ddtree", max_new_tokens=6, stop_on_eos=False, budget=8)
+    for batch in (2, 4):
+        results = generate_batch(model, prompts[:batch], config, drafter=drafter)
+        assert all(len(r.tokens) == 6 for r in results)
+        if dtype == torch.float32:  # bf16 rounds batched and single forwards differently
+            ar = GenerationConfig(strategy="ar", max_new_tokens=6, stop_on_eos=False)
+            assert [r.tokens for r in results] == [generate(model, p, ar).tokens for p in prompts[:batch]]
