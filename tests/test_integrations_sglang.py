@@ -304,3 +304,70 @@ def test_sglang_conversions_trace_in_one_graph():
         got, want = (got,) if isinstance(got, torch.Tensor) else got, (want,) if isinstance(want, torch.Tensor) else want
         for g, w in zip(got, want, strict=True):
             assert g.dtype == w.dtype and torch.equal(g, w), name
+
+
+def greedy_through_sglang(model, drafter, prompts: list[list[int]], new_tokens: int, budget: int = 16, k: int = 8):
+    """Greedy speculative decoding whose every round goes through SGLang's layout: our tree
+    -> SGLang's tensors -> a DraftTree -> the target forward and our verify -> SGLang's accept
+    outputs, which decide what is committed and emitted. Requests get different node budgets,
+    so the fixed-D tensors carry padding. Returns (at least ``new_tokens`` new tokens per
+    prompt, as a request that runs ahead decodes on until the slowest is done; the rounds)."""
+    from bastion.drafter import select_features
+    from bastion.engine.target import TargetCache
+
+    device = model.device
+    batch, positions = len(prompts), drafter.block_size - 1
+    longest = max(map(len, prompts))
+    target = TargetCache(model, batch, longest + new_tokens * (positions + 1) + budget + 2, want_hidden=True)
+    logits, hidden = target.prefill(prompts)
+    state = drafter.new_state(batch)
+    drafter.extend(state, select_features(hidden, drafter.target_layer_ids), torch.arange(longest, device=device).expand(batch, longest),
+                   counts=target.lengths.clone())  # fmt: skip
+    roots = logits.argmax(-1)
+    out = [[token] for token in roots.tolist()]
+    budgets = (4 + torch.arange(batch, device=device) * 5 % (budget - 3)).to(torch.int32)
+    rounds = 0
+    with torch.inference_mode():
+        while min(map(len, out)) < new_tokens:
+            lengths = target.lengths.clone()
+            target.set_bound(int(lengths.max()))
+            state.set_bound(int(lengths.max()))
+            tree = ops.build_tree(drafter.draft(state, roots, lengths), k, budget, budgets=budgets, context_lens=lengths)
+            tree = dataclasses.replace(tree, tokens=drafter.to_target_ids(tree.tokens))
+            sg = to_sglang(tree, roots, lengths)
+            engine_tree = from_sglang(sg.candidates, sg.retrive_next_token, sg.retrive_next_sibling, lengths, positions)
+            logits, hidden = target.verify(engine_tree, roots, budget)
+            accept = to_sglang_accept(ops.verify_greedy(engine_tree, logits.argmax(-1)), engine_tree)
+            predicts = accept.predicts.tolist()
+            for b, (index, count) in enumerate(zip(accept.accept_index.tolist(), accept.accept_token_num.tolist())):
+                out[b] += [predicts[i] for i in index[: count + 1]]  # the accepted tokens, then the bonus
+            result = from_sglang_accept(accept.predicts, accept.accept_index, accept.accept_token_num)
+            target.commit(result.accepted_nodes, result.accept_len)
+            # The drafter's new context: the verify rows of the root and the accepted path.
+            rows = torch.cat([torch.zeros((batch, 1), dtype=torch.int64, device=device), result.accepted_nodes.long() + 1], 1).clamp(min=0)
+            features = select_features(hidden, drafter.target_layer_ids)
+            features = features.gather(1, rows[..., None].expand(-1, -1, features.shape[-1]))
+            drafter.extend(state, features, lengths[:, None] + torch.arange(1 + positions, device=device), counts=1 + result.accept_len.long())
+            roots = result.bonus
+            rounds += 1
+    return out, rounds
+
+
+@pytest.mark.model
+def test_greedy_loop_through_the_sglang_layout_equals_ar(smollm2, eval_ar_outputs):
+    """The committed drafter's trees, verified through SGLang's layout every round, give each
+    held-out prompt's batch-1 ar tokens (fp32 target on the CPU), at batch 4 and batch 1."""
+    from bastion.drafter import load_drafter
+
+    from conftest import EVAL_TOKENS
+
+    model, _ = smollm2
+    drafter = load_drafter(None, model)
+    cases = eval_ar_outputs
+    chunks = [cases[i:i + 4] for i in range(0, len(cases) - 1, 4)] + [cases[-1:]]
+    assert {len(c) for c in chunks} >= {1, 4}
+    for chunk in chunks:
+        outputs, rounds = greedy_through_sglang(model, drafter, [ids for ids, _ in chunk], EVAL_TOKENS)
+        assert rounds < EVAL_TOKENS - 1, "the trees must have been accepted beyond their roots"
+        for (_, expected), tokens in zip(chunk, outputs, strict=True):
+            assert tokens[:EVAL_TOKENS] == expected[:EVAL_TOKENS]
