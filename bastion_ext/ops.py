@@ -11,6 +11,7 @@ meta tensors. Semantics: ``docs/ops.md``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -36,14 +37,26 @@ def _check_is_tensor(t: object, name: str) -> None:
     _fail_unless(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")
 
 
+def _is_int(value: object) -> bool:
+    """An integer (numpy's too), not a bool (True would silently count as 1) nor a float
+    (8.5 would become 8)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _as_int_tensor(value: torch.Tensor | Sequence[int], name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A per-request argument given as a tensor or a list of ints (copied to ``device``)."""
+    """A per-request argument given as a tensor or a sequence of ints (copied to ``device``)."""
     if isinstance(value, torch.Tensor):
         return value
+    message = lambda: f"{name} must be a tensor or a sequence of ints that fit {dtype}, got {value!r}"  # noqa: E731
     try:
-        return torch.tensor(list(value), dtype=dtype, device=device)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a tensor or a sequence of ints, got {value!r}") from err
+        values = list(value)
+    except TypeError:
+        raise ValueError(message()) from None
+    _fail_unless(all(_is_int(v) for v in values), message)
+    try:
+        return torch.tensor(values, dtype=dtype, device=device)
+    except (RuntimeError, OverflowError, ValueError):  # out of the dtype's range (the error varies)
+        raise ValueError(message()) from None
 
 
 def _check_out(out: object, cls: type, layout: dict[str, tuple[torch.dtype, tuple[int, ...]]], device: torch.device) -> None:
@@ -88,7 +101,8 @@ def build_tree(
     accept_scale : (B,) or (1,) float32, optional
         Multiplies the accepted-length surrogate; finite, >= 0; default 1.
     context_lens : (B,) int64, optional
-        Position of each request's root (node positions are ``context_lens + depth``); default 0.
+        Position of each request's root (node positions are ``context_lens + depth``), in
+        ``[0, 2**62]``; default 0.
     out : DraftTree, optional
         Preallocated outputs (``DraftTree.empty``), written in full and returned.
 
@@ -100,8 +114,8 @@ def build_tree(
     _check_is_tensor(draft_logits, "draft_logits")
     # The rank and max_nodes size the allocations below; the op checks everything else.
     _fail_unless(draft_logits.dim() == 3, lambda: f"draft_logits must be 3-D [batch, positions, vocab], got shape {tuple(draft_logits.shape)}")
-    _fail_unless(isinstance(k, int), lambda: f"k must be an int, got {k!r}")
-    _fail_unless(isinstance(max_nodes, int) and 1 <= max_nodes <= MAX_NODES, lambda: f"max_nodes must be an int in [1, {MAX_NODES}], got {max_nodes!r}")
+    _fail_unless(_is_int(k), lambda: f"k must be an int, got {k!r}")
+    _fail_unless(_is_int(max_nodes) and 1 <= max_nodes <= MAX_NODES, lambda: f"max_nodes must be an int in [1, {MAX_NODES}], got {max_nodes!r}")
     _fail_unless(policy in POLICIES, lambda: f"policy must be one of {tuple(POLICIES)}, got {policy!r}")
     for name, t in (("latency_table", latency_table), ("accept_scale", accept_scale)):
         if t is not None:
@@ -143,7 +157,8 @@ def verify_greedy(
     tree : DraftTree
         From ``build_tree`` (its ``max_nodes`` N and ``draft_positions`` P).
     target_argmax : (B, N + 1) int64, optional
-        The target's argmax per verify token (0 = root, i + 1 = node i).
+        The target's argmax per verify token (0 = root, i + 1 = node i); token ids >= 0
+        (checked on the CPU for the tokens the walk visits).
     target_logits : (B, N + 1, V) float, optional
         Instead of ``target_argmax``: reduced with ``torch.argmax`` on their device.
     out : VerifyResult, optional
@@ -182,7 +197,8 @@ def verify_sample(
     tree : DraftTree
         From ``build_tree``.
     target_probs : (B, N + 1, V) float32
-        Target probabilities per verify token (rows sum to 1, at least one entry > 0).
+        Target probabilities per verify token: entries finite and >= 0, rows summing to 1
+        within 1e-3 (checked on the CPU for the rows the walk visits).
     uniforms : (B, N + 1) float32
         One uniform in [0, 1) per verify token; only the visited ones are used (and checked,
         on the CPU).

@@ -86,7 +86,8 @@ void check_build_tree_values(const at::Tensor& context_lens, const at::Tensor& b
   }
   const int64_t* ctx = context_lens.data_ptr<int64_t>();
   for (int64_t b = 0; b < context_lens.numel(); ++b) {
-    TORCH_CHECK_VALUE(ctx[b] >= 0, "context_lens must be >= 0, got ", ctx[b], " at batch ", b);
+    TORCH_CHECK_VALUE(ctx[b] >= 0 && ctx[b] <= kMaxContextLen, "context_lens must be in [0, 2**62], got ", ctx[b],
+                      " at batch ", b);
   }
   if (latency_table.has_value()) {
     const float* t = latency_table->data_ptr<float>();

@@ -13,6 +13,9 @@ constexpr int kMaxK = 64;
 constexpr int kMaxPositions = 32;
 // Tree capacity: ancestor rows are ceil(N / 32) words, and one block builds one tree.
 constexpr int kMaxNodes = 4096;
+// Context length (a request's root position): node positions are context_len + depth, so
+// anything near INT64_MAX would wrap; 2^62 leaves room for every depth.
+constexpr int64_t kMaxContextLen = int64_t{1} << 62;
 
 // Where the pop sequence is cut (docs/ops.md, build_tree step 3). Values are the `policy`
 // ints of the op schema.

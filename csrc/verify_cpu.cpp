@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "checks.h"
 
 namespace bastion {
@@ -72,26 +74,39 @@ void verify_greedy_cpu(const at::Tensor& tokens, const at::Tensor& first_child,
   const auto target = target_argmax.contiguous();
   const int64_t row = target.size(1);
   const int64_t* t = target.data_ptr<int64_t>();
-  walk_all(tokens, first_child, next_sibling, accepted_nodes, accept_len, bonus,
-           [&](int64_t b, int64_t j) { return t[b * row + j]; });
+  walk_all(tokens, first_child, next_sibling, accepted_nodes, accept_len, bonus, [&](int64_t b, int64_t j) {
+    const int64_t token = t[b * row + j];
+    // A negative id would come back as the bonus token; the vocab size is unknown here.
+    TORCH_CHECK_VALUE(token >= 0, "target_argmax must hold token ids >= 0, got ", token, " (batch ", b,
+                      ", verify index ", j, ")");
+    return token;
+  });
 }
+
+// How far a row's sum may be from 1: fp32 softmax and nucleus renormalisation stay within
+// ~1e-5 even at vocab 150k; a row off by more is not a distribution (unnormalised, or logits).
+constexpr double kProbSumTolerance = 1e-3;
 
 // Inverse CDF: the smallest v with fl32(cumsum(p)[v]) > u, clamped to the last token of
 // positive probability. The running sum is kept in fp64 and rounded to fp32 per element, as
 // torch.cumsum does on the CPU for fp32 (the oracle's definition). Only the rows and uniforms
-// the walk visits are read, and checked.
+// the walk visits are read, and checked: entries finite and >= 0, the sum within
+// kProbSumTolerance of 1.
 int64_t sample_inverse_cdf(const float* probs, int64_t vocab, float u, int64_t b, int64_t j) {
   TORCH_CHECK_VALUE(u >= 0.0f && u < 1.0f, "uniforms must lie in [0, 1), got ", u, " (batch ", b,
                     ", verify index ", j, ")");
   int64_t last_positive = -1;
-  for (int64_t v = vocab - 1; v >= 0; --v) {
-    if (probs[v] > 0.0f) {
-      last_positive = v;
-      break;
-    }
+  double total = 0.0;
+  for (int64_t v = 0; v < vocab; ++v) {
+    TORCH_CHECK_VALUE(probs[v] >= 0.0f && std::isfinite(probs[v]), "target_probs must be finite and >= 0, got ",
+                      probs[v], " (batch ", b, ", verify index ", j, ", token ", v, ")");
+    if (probs[v] > 0.0f) last_positive = v;
+    total += static_cast<double>(probs[v]);
   }
   TORCH_CHECK_VALUE(last_positive >= 0, "target_probs has a row with no positive probability (batch ", b,
                     ", verify index ", j, ")");
+  TORCH_CHECK_VALUE(std::abs(total - 1.0) <= kProbSumTolerance, "target_probs rows must sum to 1 (within ",
+                    kProbSumTolerance, "), got ", total, " (batch ", b, ", verify index ", j, ")");
   double cum = 0.0;
   for (int64_t v = 0; v < last_positive; ++v) {
     cum += static_cast<double>(probs[v]);

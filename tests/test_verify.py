@@ -1,6 +1,8 @@
 """verify_greedy / verify_sample: the C++ walk against the reference, exact hand-built cases,
 corrupted links, bad inputs, opcheck."""
 
+import math
+
 import pytest
 import op_calls
 import torch
@@ -91,9 +93,10 @@ def test_verify_sample_one_hot_is_exact_and_uniform_edges_clamp():
     probs[0, :, 1] = 1.0  # the target always says token 1
     result = op_calls.verify_sample(tree, probs, torch.rand(1, 7))
     assert result.accept_len.tolist() == [2] and result.bonus.tolist() == [1]
-    # u just below 1 with a cumsum that rounds below 1 must clamp to the last positive token.
+    # u just below 1 with a cumsum that ends below it (round-off, within the sum's tolerance)
+    # must clamp to the last positive token.
     probs = torch.zeros(1, 7, 4)
-    probs[0, :, :3] = torch.tensor([0.3, 0.3, 0.3])
+    probs[0, :, :3] = torch.tensor([0.3, 0.3, 0.3995])
     result = op_calls.verify_sample(tree, probs, torch.full((1, 7), 0.9999999))
     assert result.bonus.tolist() == [2] and result.accept_len.tolist() == [0]
 
@@ -190,6 +193,44 @@ def test_bad_inputs_name_the_argument():
         torch.ops.bastion_ext.verify_sample(tree.tokens, tree.first_child, tree.next_sibling, torch.zeros(2, 9, 5), torch.rand(2, 9), out.accepted_nodes, out.accept_len, out.bonus)
     with pytest.raises(ValueError, match="uniforms must have shape"):
         torch.ops.bastion_ext.verify_sample(tree.tokens, tree.first_child, tree.next_sibling, torch.full((2, 9, 5), 0.2), torch.rand(2, 8), out.accepted_nodes, out.accept_len, out.bonus)
+
+
+def _row_with(values):
+    """(1, 5, 4) probabilities: uniform rows, the root's row replaced by ``values``."""
+    probs = torch.full((1, 5, 4), 0.25)
+    probs[0, 0] = torch.tensor(values)
+    return probs
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    (lambda: ("greedy", torch.full((1, 5), -7)), "target_argmax must hold token ids >= 0, got -7 \\(batch 0, verify index 0\\)"),
+    (lambda: ("sample", _row_with([0.5, 0.5, 0.5, 0.5])), "target_probs rows must sum to 1 \\(within 0.001\\), got 2"),
+    (lambda: ("sample", _row_with([0.125, 0.125, 0.125, 0.125])), "target_probs rows must sum to 1"),
+    (lambda: ("sample", _row_with([0.01, 0.0, 0.0, 0.0])), "target_probs rows must sum to 1"),
+    (lambda: ("sample", _row_with([1.5, -0.5, 0.0, 0.0])), "target_probs must be finite and >= 0, got -0.5 \\(batch 0, verify index 0, token 1\\)"),
+    (lambda: ("sample", _row_with([0.5, math.nan, 0.5, 0.0])), "target_probs must be finite and >= 0, got nan"),
+    (lambda: ("sample", _row_with([math.inf, 0.0, 0.0, 0.0])), "target_probs must be finite and >= 0, got inf"),
+], ids=["argmax-negative", "sum-2", "sum-0.5", "sum-0.01", "negative", "nan", "inf"])
+def test_bad_target_values_are_rejected_on_the_cpu(target, message):
+    """Issue 19: these came back as a bonus token (-7, or the last token for a NaN row)."""
+    tree = ops.build_tree(torch.zeros((1, 2, 4)), 2, 4)
+    kind, values = target()
+    with pytest.raises(ValueError, match=message):
+        if kind == "greedy":
+            ops.verify_greedy(tree, values)
+        else:
+            ops.verify_sample(tree, values, torch.full((1, 5), 0.5))
+
+
+def test_only_visited_rows_are_checked():
+    """Rows past the walk are never read (the engine leaves them zero past a round's width)."""
+    tree = ops.build_tree(torch.zeros((1, 1, 4)), 1, 3)  # one node: token 0, verify rows 0 and 1
+    probs = torch.zeros((1, 4, 4))
+    probs[0, 0, 3] = 1.0  # the root's target is token 3: no match, row 1 is never visited
+    result = ops.verify_sample(tree, probs, torch.full((1, 4), 0.5))
+    assert result.accept_len.tolist() == [0] and result.bonus.tolist() == [3]
+    target = torch.tensor([[3, -1, -1, -1]])
+    assert ops.verify_greedy(tree, target).bonus.tolist() == [3]
 
 
 def test_the_fakes_reject_what_the_ops_reject_without_data():
