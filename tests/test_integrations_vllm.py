@@ -1,6 +1,6 @@
 """vLLM's DDTree verify layout (``bastion_ext.integrations.vllm``): the float32 tree bias,
-positions and draft ids of known trees; round trips bit for bit on random trees; output rows;
-the padding rules; no host reads; tracing under ``torch.compile(fullgraph=True)``."""
+positions and draft ids of known trees; round trips bit for bit on random trees; output rows
+both ways; the padding rules; no host reads; tracing under ``torch.compile(fullgraph=True)``."""
 
 import math
 
@@ -17,10 +17,11 @@ from test_integrations_sglang import (
     random_walk,
     visibility_by_hand,
 )
-from tree_cases import assert_same_tree
+from tree_cases import assert_same_tree, assert_same_walk
 
 from bastion_ext import ops
-from bastion_ext.integrations.vllm import from_vllm, to_vllm, to_vllm_output
+from bastion_ext.integrations.links import tree_from_parents
+from bastion_ext.integrations.vllm import from_vllm, from_vllm_output, to_vllm, to_vllm_output
 
 
 def test_vllm_inputs_of_the_build_tree_case():
@@ -37,16 +38,30 @@ def test_vllm_inputs_of_the_build_tree_case():
 
 
 def test_vllm_output_rows_of_the_greedy_case():
-    """SGLang's greedy case as vLLM output rows: accepted tokens, the bonus, -1."""
+    """SGLang's greedy case as vLLM output rows: accepted tokens, the bonus, -1; and the
+    rows read back as the walk."""
     tree, target_predict = greedy_case()
-    rows = to_vllm_output(ops.verify_greedy(tree, target_predict), tree)
+    result = ops.verify_greedy(tree, target_predict)
+    rows = to_vllm_output(result, tree)
     assert rows.dtype == torch.int32
     assert rows.tolist() == [[3, 4, 5, 18, -1, -1], [11, 12, 18, -1, -1, -1]]
+    assert_same_walk(from_vllm_output(rows, tree), result)
+
+
+def test_vllm_output_rows_with_equal_sibling_tokens():
+    """Two children of the root carry token 5; the walk takes the first, and so does reading
+    the rows back, even where the second one's child carries the next row token."""
+    tree = tree_from_parents(torch.tensor([[9, 5, 5, 7]]), torch.tensor([[-1, 0, 0, 2]]), torch.tensor([0]), 3)
+    for after_five, want_path in ((3, [0, -1, -1]), (7, [0, -1, -1])):
+        target_argmax = torch.tensor([[5, after_five, 0, 0]])
+        result = ops.verify_greedy(tree, target_argmax)
+        assert result.accepted_nodes.tolist() == [want_path]
+        assert_same_walk(from_vllm_output(to_vllm_output(result, tree), tree), result)
 
 
 def test_vllm_round_trips_on_random_trees():
     """Every tree -> vLLM -> tree bit for bit; every walk's output rows hold its path's
-    tokens, the bonus and -1 padding."""
+    tokens, the bonus and -1 padding, and read back as the walk."""
     trees = 0
     for seed in ROUND_TRIP_SEEDS:
         tree, context, _, gen = random_trees(seed)
@@ -54,7 +69,9 @@ def test_vllm_round_trips_on_random_trees():
         back = from_vllm(v.tree_attn_bias, v.draft_token_ids, tree.n_nodes, context, tree.draft_positions, tree.scores)
         assert_same_tree(back, tree, f"seed {seed}")
         result = ops.verify_greedy(tree, random_walk(tree, gen))
-        rows = to_vllm_output(result, tree).tolist()
+        rows = to_vllm_output(result, tree)
+        assert_same_walk(from_vllm_output(rows, tree), result, f"seed {seed}")
+        rows = rows.tolist()
         for b, (path, length, bonus) in enumerate(zip(result.accepted_nodes.tolist(), result.accept_len.tolist(), result.bonus.tolist())):
             emitted = [tree.tokens[b, i].item() for i in path[:length]] + [bonus]
             assert rows[b] == emitted + [-1] * (tree.max_nodes + 1 - len(emitted)), f"seed {seed} request {b}"
@@ -84,7 +101,7 @@ def test_vllm_conversions_read_nothing_back():
     with no_host_reads():
         v = to_vllm(tree, context)
         from_vllm(v.tree_attn_bias, v.draft_token_ids, tree.n_nodes, context, tree.draft_positions)
-        to_vllm_output(result, tree)
+        from_vllm_output(to_vllm_output(result, tree), tree)
 
 
 def test_vllm_conversions_trace_in_one_graph():
@@ -98,6 +115,7 @@ def test_vllm_conversions_trace_in_one_graph():
         "from_vllm": (lambda v, n, c: tuple(from_vllm(v.tree_attn_bias, v.draft_token_ids, n, c, 4).tensors().values()),
                       (v, tree.n_nodes, context)),
         "to_vllm_output": (lambda r, t: (to_vllm_output(r, t),), (result, tree)),
+        "from_vllm_output": (lambda o, t: tuple(from_vllm_output(o, t).tensors().values()), (to_vllm_output(result, tree), tree)),
     }
     for name, (fn, args) in cases.items():
         compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend="aot_eager")

@@ -142,3 +142,47 @@ def to_vllm_output(result: VerifyResult, tree: DraftTree) -> torch.Tensor:
     padded = torch.nn.functional.pad(path_tokens, (0, width - nodes.shape[1]))
     rows = torch.where(steps < accept_len, padded, torch.where(steps == accept_len, result.bonus[:, None], -1))
     return rows[:, : tree.max_nodes + 1].to(torch.int32)
+
+
+def from_vllm_output(rows: torch.Tensor, tree: DraftTree) -> VerifyResult:
+    """vLLM's output rows as a ``VerifyResult`` on the tree they were verified on.
+
+    The rows hold tokens, not nodes: a node is on the path iff it and each of its ancestors
+    carry the row's token at their depth, within the accepted length, and no earlier sibling
+    carries the same token (the walk takes the first match; siblings in index order, as in
+    ``build_tree``'s and ``from_vllm``'s trees).
+
+    Parameters
+    ----------
+    rows : (B, N + 1) int32
+        Accepted tokens, the bonus, then -1.
+    tree : DraftTree
+        The tree verified (N = ``tree.max_nodes``, P = ``tree.draft_positions``).
+
+    Returns
+    -------
+    VerifyResult
+        accepted_nodes (B, P) int32, accept_len (B,) int32, bonus (B,) int64.
+    """
+    batch, n = tree.batch_size, tree.max_nodes
+    if tuple(rows.shape) != (batch, n + 1):
+        raise ValueError(f"rows must have shape ({batch}, {n + 1}), got {tuple(rows.shape)}")
+    device = tree.device
+    rows = rows.to(torch.int64)
+    accept_len = (rows >= 0).sum(-1) - 1  # (B,)
+    nodes = torch.arange(n, device=device)
+    real = nodes < tree.n_nodes[:, None]
+    depth = tree.depth.to(torch.int64)
+    matches = real & (depth <= accept_len[:, None]) & (tree.tokens == rows.gather(1, (depth - 1).clamp(min=0)))
+    same_token_sibling = (tree.parents[:, :, None] == tree.parents[:, None, :]) & (tree.tokens[:, :, None] == tree.tokens[:, None, :])
+    shadowed = (same_token_sibling & real[:, None, :] & (nodes[None, :] < nodes[:, None])).any(-1)
+    steps = matches & ~shadowed
+    on_path = steps & ~(tree.dense_mask() & ~steps[:, None, :]).any(-1)  # every ancestor a step too
+    slots = torch.where(on_path, depth - 1, tree.draft_positions)  # the path's node at depth d goes to slot d - 1
+    accepted = torch.full((batch, tree.draft_positions + 1), -1, dtype=torch.int64, device=device)
+    accepted = accepted.scatter(1, slots, torch.where(on_path, nodes, -1))[:, : tree.draft_positions]
+    return VerifyResult(
+        accepted_nodes=accepted.to(torch.int32),
+        accept_len=accept_len.to(torch.int32),
+        bonus=rows.gather(1, accept_len[:, None])[:, 0],
+    )
