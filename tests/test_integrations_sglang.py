@@ -16,7 +16,7 @@ import torch
 from tree_cases import assert_same_tree, assert_same_walk
 
 from bastion_ext import ops
-from bastion_ext.integrations.links import tree_from_parents
+from bastion_ext.integrations.layout import tree_from_parents
 from bastion_ext.integrations.sglang import (
     TreeMaskMode,
     from_sglang,

@@ -20,7 +20,7 @@ from test_integrations_sglang import (
 from tree_cases import assert_same_tree, assert_same_walk
 
 from bastion_ext import ops
-from bastion_ext.integrations.links import tree_from_parents
+from bastion_ext.integrations.layout import tree_from_parents
 from bastion_ext.integrations.vllm import from_vllm, from_vllm_output, to_vllm, to_vllm_output
 
 

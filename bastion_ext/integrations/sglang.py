@@ -6,9 +6,8 @@ order as our verify indexing. Its tree is first-child / next-sibling links (int6
 ``retrive_next_token`` / ``retrive_next_sibling``), its flat indices ``b * D + i``
 (``retrive_index``), and its greedy verify (``verify_tree_greedy``) fills ``predicts``,
 ``accept_index`` and ``accept_token_num``. Padding nodes (past ``n_nodes``) keep the fixed D
-that SGLang's offsets and CUDA graphs need: token 0, no link into them, position
-``seq_len + 1`` and a mask row that sees the prefix, the root and themselves, i.e. an
-unreachable child of the root.
+that SGLang's offsets and CUDA graphs need, as unreachable children of the root
+(``layout.padded_verify_inputs``); their mask rows also see the prefix.
 
 Torch ops only: nothing here reads the device or imports SGLang.
 """
@@ -20,7 +19,7 @@ from enum import IntEnum
 
 import torch
 
-from bastion_ext.integrations.links import pack_bits, parents_from_links, tree_from_layout
+from bastion_ext.integrations.layout import check_batch, pack_bits, padded_verify_inputs, parents_from_links, tree_from_layout
 from bastion_ext.tree import DraftTree, VerifyResult
 
 
@@ -81,11 +80,6 @@ class SGLangAccept:
     accept_token_num: torch.Tensor
 
 
-def _check_batch(t: torch.Tensor, name: str, batch: int) -> None:
-    if tuple(t.shape) != (batch,):
-        raise ValueError(f"{name} must have shape ({batch},), got {tuple(t.shape)}")
-
-
 def _local(node_links: torch.Tensor) -> torch.Tensor:
     """Node indices (int32, -1 = none) to SGLang local indices (int64, -1 = none)."""
     links = node_links.to(torch.int64)
@@ -108,22 +102,17 @@ def to_sglang(tree: DraftTree, root_tokens: torch.Tensor, seq_lens: torch.Tensor
     -------
     SGLangTree
     """
-    batch, n = tree.batch_size, tree.max_nodes
-    _check_batch(root_tokens, "root_tokens", batch)
-    _check_batch(seq_lens, "seq_lens", batch)
-    d = n + 1
-    device = tree.device
-    real = torch.arange(n, device=device) < tree.n_nodes[:, None]
-    zero = torch.zeros((), dtype=torch.int64, device=device)
-    minus_one = torch.full((batch, 1), -1, dtype=torch.int64, device=device)
-    seq_lens = seq_lens.to(torch.int64)
-    node_depth = torch.where(real, tree.depth.to(torch.int64), zero + 1)
+    batch, d = tree.batch_size, tree.max_nodes + 1
+    check_batch(root_tokens, "root_tokens", batch)
+    check_batch(seq_lens, "seq_lens", batch)
+    tokens, positions = padded_verify_inputs(tree, seq_lens)
+    minus_one = torch.full((batch, 1), -1, dtype=torch.int64, device=tree.device)
     return SGLangTree(
-        candidates=torch.cat([root_tokens.to(torch.int64)[:, None], torch.where(real, tree.tokens, zero)], 1),
-        retrive_index=torch.arange(batch * d, dtype=torch.int64, device=device).view(batch, d),
+        candidates=torch.cat([root_tokens.to(torch.int64)[:, None], tokens], 1),
+        retrive_index=torch.arange(batch * d, dtype=torch.int64, device=tree.device).view(batch, d),
         retrive_next_token=_local(tree.first_child),
         retrive_next_sibling=torch.cat([minus_one, _local(tree.next_sibling)], 1),
-        positions=(seq_lens[:, None] + torch.cat([torch.zeros_like(minus_one), node_depth], 1)).flatten(),
+        positions=positions.flatten(),
     )
 
 
@@ -172,7 +161,7 @@ def sglang_tree_mask(
         raise ValueError(f"mode must be a TreeMaskMode, got {mode!r}")
     if seq_lens is None or not isinstance(seq_lens_sum, int):
         raise ValueError("FULL_MASK needs seq_lens (a tensor) and seq_lens_sum (an int)")
-    _check_batch(seq_lens, "seq_lens", batch)
+    check_batch(seq_lens, "seq_lens", batch)
     seq_lens = seq_lens.to(torch.int64)
     requests = torch.arange(batch, device=tree.device)
     start = d * (torch.cumsum(seq_lens, 0) - seq_lens + requests * d)  # where block b begins
@@ -215,7 +204,7 @@ def from_sglang(
     -------
     DraftTree
     """
-    _check_batch(seq_lens, "seq_lens", candidates.shape[0])
+    check_batch(seq_lens, "seq_lens", candidates.shape[0])
     parents = parents_from_links(retrive_next_token, retrive_next_sibling)
     return tree_from_layout(candidates, parents, retrive_next_token, retrive_next_sibling,
                             seq_lens.to(torch.int64), draft_positions, scores)  # fmt: skip
@@ -268,7 +257,7 @@ def from_sglang_accept(predicts: torch.Tensor, accept_index: torch.Tensor, accep
         accepted_nodes (B, S - 1) int32, accept_len (B,) int32, bonus (B,) int64.
     """
     batch = accept_index.shape[0]
-    _check_batch(accept_token_num, "accept_token_num", batch)
+    check_batch(accept_token_num, "accept_token_num", batch)
     if predicts.dim() != 1 or predicts.shape[0] % batch:
         raise ValueError(f"predicts must have shape (B * D,) with B = {batch}, got {tuple(predicts.shape)}")
     d = predicts.shape[0] // batch

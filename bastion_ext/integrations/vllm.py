@@ -3,8 +3,8 @@
 
 vLLM verifies N + 1 tokens per request in our verify order (the root, then nodes 0 .. N - 1)
 under a float32 attention bias ``[B, N + 1, N + 1]`` (0 visible, -inf not), with a fixed N per
-batch: padding nodes carry token 0, position ``context_len + 1`` and a bias row that sees the
-root and themselves, and nothing links to them. Its greedy verify emits int32 rows
+batch, so padding nodes (past ``n_nodes``) are unreachable children of the root
+(``layout.padded_verify_inputs``). Its greedy verify emits int32 rows
 ``[B, N + 1]``: the accepted tokens, then the bonus, then -1.
 
 Torch ops only: nothing here reads the device or imports vLLM.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bastion_ext.integrations.links import tree_from_parents
+from bastion_ext.integrations.layout import padded_verify_inputs, tree_from_parents
 from bastion_ext.tree import DraftTree, VerifyResult
 
 
@@ -55,18 +55,12 @@ def to_vllm(tree: DraftTree, context_lens: torch.Tensor) -> VLLMTree:
     -------
     VLLMTree
     """
-    batch, n = tree.batch_size, tree.max_nodes
-    if tuple(context_lens.shape) != (batch,):
-        raise ValueError(f"context_lens must have shape ({batch},), got {tuple(context_lens.shape)}")
-    device = tree.device
-    real = torch.arange(n, device=device) < tree.n_nodes[:, None]
-    zero = torch.zeros((), dtype=torch.int64, device=device)
-    depth = torch.cat([torch.zeros((batch, 1), dtype=torch.int64, device=device), torch.where(real, tree.depth.to(torch.int64), zero + 1)], 1)
-    visible = tree.verify_visibility(n)
+    tokens, positions = padded_verify_inputs(tree, context_lens)
+    visible = tree.verify_visibility(tree.max_nodes)
     return VLLMTree(
         tree_attn_bias=torch.where(visible, 0.0, -math.inf).to(torch.float32),
-        positions=context_lens.to(torch.int64)[:, None] + depth,
-        draft_token_ids=torch.where(real, tree.tokens, zero),
+        positions=positions,
+        draft_token_ids=tokens,
     )
 
 

@@ -1,10 +1,11 @@
-"""Tree fields from links, in the verify layout the engines share, with torch ops only.
+"""The verify layout both engines share, with torch ops only.
 
-The verify layout is a request's M = N + 1 verify tokens in a row: column 0 the root, column
-``i + 1`` node i (``docs/ops.md``, "Indexing"). Engines hand over a tree either as first-child
-/ next-sibling links (SGLang) or as a visibility matrix (vLLM); both become a ``DraftTree``
-here. Walks along links are sequential, so they run as pointer doubling: ``ceil(log2 M)``
-gathers, a number fixed by the shape, so nothing is read back to the host and
+A request's M = N + 1 verify tokens in a row: column 0 the root, column ``i + 1`` node i
+(``docs/ops.md``, "Indexing"), at a fixed N per batch. Here: the padding rules for nodes past
+``n_nodes`` (one place for both engines), and a ``DraftTree`` rebuilt from the links an engine
+hands over, as first-child / next-sibling links (SGLang) or as parents read off a visibility
+matrix (vLLM). Walks along links are sequential, so they run as pointer doubling:
+``ceil(log2 M)`` gathers, a number fixed by the shape, so nothing is read back to the host and
 ``torch.compile`` traces a fixed graph.
 """
 
@@ -15,6 +16,39 @@ import math
 import torch
 
 from bastion_ext.tree import DraftTree
+
+
+def check_batch(t: torch.Tensor, name: str, batch: int) -> None:
+    """``ValueError`` unless ``t`` has shape (batch,)."""
+    if tuple(t.shape) != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), got {tuple(t.shape)}")
+
+
+def padded_verify_inputs(tree: DraftTree, context_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nodes' tokens and the verify tokens' positions, padding as the engines need it.
+
+    A padding node is an unreachable child of the root: token 0 (a valid embedding row, never
+    -1) at position ``context_len + 1``; its mask row (``DraftTree.verify_visibility``) sees
+    the root and itself, and no link leads to it.
+
+    Parameters
+    ----------
+    tree : DraftTree
+    context_lens : (B,) int64
+        The root's position.
+
+    Returns
+    -------
+    tokens : (B, N) int64
+    positions : (B, N + 1) int64
+        ``context_len + depth``, the root at column 0.
+    """
+    check_batch(context_lens, "context_lens", tree.batch_size)
+    real = torch.arange(tree.max_nodes, device=tree.device) < tree.n_nodes[:, None]
+    zero = torch.zeros((), dtype=torch.int64, device=tree.device)
+    depth = torch.where(real, tree.depth.to(torch.int64), zero + 1)
+    positions = context_lens.to(torch.int64)[:, None] + torch.nn.functional.pad(depth, (1, 0))
+    return torch.where(real, tree.tokens, zero), positions
 
 
 def _doublings(m: int) -> int:
