@@ -41,11 +41,30 @@ EAGLE_POSITIONS = [5, 6, 6, 7, 7, 8, 8, 9, 10, 11, 12, 12, 12, 12, 13, 14]
 EAGLE_NEXT_TOKEN = [[1, 3, 4, 5, 6, 7, -1, -1], [1, 2, -1, 6, -1, -1, 7, -1]]
 EAGLE_NEXT_SIBLING = [[-1, 2, -1, -1, -1, -1, -1, -1], [-1, -1, 3, 4, 5, -1, -1, -1]]
 EAGLE_DRAFT_TOKENS = [[29974, 29896, 29906, 29889, 29974, 29946, 29896, 29946], [13, 13, 22550, 4136, 16492, 8439, 29871, 29941]]
-# The tree those outputs describe, derived from the test's score lists (the 7 best of the
-# flattened cumulative scores, in index order; each one's parent through its parents list):
-# local index -> parent's local index, 0 the root.
+# The tree those outputs describe (local index -> parent's local index, 0 the root), as
+# EAGLE_SCORES select it (test_sglang_build_tree_case_parents_from_its_scores).
 EAGLE_PARENTS = [[-1, 0, 0, 1, 2, 3, 4, 5], [-1, 0, 1, 1, 1, 1, 3, 6]]
 EAGLE_DRAFT_POSITIONS = 4
+# The case's inputs: per request, the cumulative scores of its 4 draft steps flattened
+# (4 + 3 x 16 candidates), and the parents lists but the last, concatenated (13 entries).
+EAGLE_SCORES = [
+    [7.1127e-01, 2.8292e-01, 2.2995e-03, 1.7357e-03,
+     6.9142e-01, 1.2863e-02, 1.6873e-03, 1.1871e-03, 2.4787e-01, 1.8818e-02, 1.4204e-02, 9.2235e-04,
+     2.2971e-03, 1.6700e-06, 1.8737e-07, 8.3146e-08, 1.2771e-03, 2.4374e-04, 1.7832e-04, 1.1947e-05,
+     6.6438e-01, 2.6997e-02, 2.4236e-05, 4.0821e-06, 2.4402e-01, 2.8409e-03, 5.0935e-04, 2.9022e-04,
+     1.6178e-02, 2.0567e-03, 4.5892e-04, 3.0034e-05, 1.3023e-02, 5.0497e-04, 3.6371e-04, 8.7750e-05,
+     6.6420e-01, 1.0525e-04, 6.5864e-05, 1.2253e-06, 1.3019e-01, 1.0461e-01, 5.2083e-03, 1.6777e-03,
+     2.0103e-02, 6.7335e-03, 1.2625e-04, 1.0364e-05, 1.5142e-02, 7.0819e-04, 9.6595e-05, 8.7951e-05],
+    [9.7476e-01, 2.2219e-02, 6.5031e-04, 1.3212e-04,
+     8.4832e-02, 6.6068e-02, 5.8304e-02, 5.7851e-02, 2.3616e-03, 1.1243e-03, 5.4368e-04, 2.7768e-04,
+     2.5286e-04, 1.5578e-04, 2.8817e-05, 1.2888e-05, 1.2834e-04, 2.5417e-06, 1.1279e-06, 1.6088e-08,
+     2.3263e-02, 2.0054e-02, 9.3990e-03, 2.7783e-03, 6.4156e-02, 5.5506e-04, 1.0429e-04, 9.7211e-05,
+     4.9950e-02, 5.0630e-03, 9.0068e-04, 3.3656e-04, 7.5817e-03, 8.5731e-04, 6.9972e-04, 6.0793e-04,
+     5.8608e-02, 1.8840e-03, 7.8535e-04, 4.4400e-04, 1.2185e-02, 2.0684e-03, 1.7418e-03, 1.4327e-03,
+     6.2455e-03, 6.1487e-03, 2.6862e-03, 1.8034e-03, 1.8590e-03, 1.6151e-03, 1.2481e-03, 3.6038e-04],
+]  # fmt: skip
+EAGLE_PARENT_LIST = [[-1, 0, 1, 2, 3, 4, 8, 9, 10, 20, 24, 21, 28], [-1, 0, 1, 2, 3, 4, 5, 6, 7, 24, 28, 20, 21]]
+EAGLE_TOPK = 4
 
 
 def greedy_case():
@@ -89,6 +108,18 @@ def test_sglang_greedy_case_read_back():
 def eagle_tree():
     return tree_from_parents(torch.tensor(EAGLE_DRAFT_TOKENS), torch.tensor(EAGLE_PARENTS), torch.tensor(EAGLE_SEQ_LENS),
                              EAGLE_DRAFT_POSITIONS)  # fmt: skip
+
+
+def test_sglang_build_tree_case_parents_from_its_scores():
+    """EAGLE_PARENTS is the tree SGLang's case selects: the D - 1 best flattened scores, in
+    index order, are local indices 1 .. D - 1; a pick's parent is the pick whose flat index
+    its parent-list row (flat index // topk) names, or the root for row 0."""
+    scores, parent_list = torch.tensor(EAGLE_SCORES), torch.tensor(EAGLE_PARENT_LIST)
+    picks = scores.topk(len(EAGLE_PARENTS[0]) - 1).indices.sort().values  # (B, D - 1)
+    parent_flat = parent_list.gather(1, picks // EAGLE_TOPK)
+    is_parent = picks[:, None, :] == parent_flat[:, :, None]  # [b, r, q]: pick q is pick r's parent
+    local = torch.where(is_parent.any(-1), is_parent.int().argmax(-1) + 1, 0)
+    assert torch.cat([torch.full((2, 1), -1), local], 1).tolist() == EAGLE_PARENTS
 
 
 def test_sglang_build_tree_case_from_our_tree():
