@@ -47,7 +47,7 @@ def test_generate_ar_streams_text_and_summary(embedded, capsys):
 def drafter_dir(smollm2, tmp_path_factory):
     """A DFlash checkpoint (published layout) with random weights, for the --drafter flag."""
     from bastion.drafter import DFlashDrafter
-    from bastion.train_drafter import drafter_config_for
+    from bastion.training.init import drafter_config_for
 
     model, tokenizer = smollm2
     config = drafter_config_for(model, tokenizer, num_layers=1, block_size=6, layer_ids=[1, 15])

@@ -9,7 +9,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bastion.drafter import DFlashConfig, DFlashDrafter, load_drafter
-from bastion.train_drafter import Sequence, frequent_tokens
+from bastion.training.features import Sequence
+from bastion.training.init import frequent_tokens
 
 VOCAB, HIDDEN = 97, 32
 
@@ -94,7 +95,7 @@ def test_engine_trees_carry_target_ids_with_a_reduced_vocab(smollm2):
     target token ids of the draft vocabulary."""
     from bastion.engine import GenerationConfig, generate
     from bastion.models import chat_prompt_ids
-    from bastion.train_drafter import drafter_config_for
+    from bastion.training.init import drafter_config_for
 
     model, tokenizer = smollm2
     ids = chat_prompt_ids(tokenizer, "Count from 1 to 10.")

@@ -10,7 +10,11 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bastion.drafter import DFlashConfig, DFlashDrafter, default_target_layer_ids, load_drafter, select_features
-from bastion.train_drafter import Sequence, evaluate, load_train_state, position_weights, save_train_state, sequence_loss
+from bastion.training.evaluate import evaluate
+from bastion.training.features import Sequence
+from bastion.training.fused_ce import linear_cross_entropy
+from bastion.training.loop import load_train_state, save_train_state
+from bastion.training.loss import label_weight, position_weights, sequence_loss
 
 VOCAB, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, LAYERS, BLOCK = 111, 32, 4, 2, 8, 48, 2, 5
 TARGET_LAYER_IDS = [0, 2, 3]
@@ -243,7 +247,8 @@ def toy_sequence(seed=0, length=40, prompt_len=10):
     for i in range(1, length):
         tokens[i] = (tokens[i - 1] * 7 + 3) % VOCAB
     targets = (tokens * 7 + 3) % VOCAB
-    return Sequence(tokens, features(1, length, seed)[0].half(), targets, prompt_len)
+    topk_ids = torch.stack([targets, (targets + 1) % VOCAB], dim=1)  # a teacher that is 88% sure
+    return Sequence(tokens, features(1, length, seed)[0].half(), targets, prompt_len, topk_ids, torch.tensor([[2.0, 0.0]]).expand(length, 2))
 
 
 def test_a_few_training_steps_lower_the_loss(tiny_target, tmp_path):
@@ -251,25 +256,72 @@ def test_a_few_training_steps_lower_the_loss(tiny_target, tmp_path):
     cfg = DFlashConfig.from_dict(published_config())
     model = DFlashDrafter(cfg, tiny_target.get_input_embeddings(), tiny_target.get_output_embeddings())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    seq, anchors, weights = toy_sequence(), torch.arange(10, 36, 2), position_weights(BLOCK, 0.8)
+    seq, weights = toy_sequence(), position_weights(BLOCK, 0.8)
+    total = label_weight(model, seq, weights)
     embed_before = tiny_target.get_input_embeddings().weight.detach().clone()
-    first = sequence_loss(model, seq, anchors, weights).item()
+    tiny_target.requires_grad_(False)
+    first = sequence_loss(model, seq, weights)[0].item() / total
     for _ in range(40):
         opt.zero_grad()
-        sequence_loss(model, seq, anchors, weights).backward()
+        (sequence_loss(model, seq, weights, soft=0.5)[0] / total).backward()
         opt.step()
-    assert sequence_loss(model, seq, anchors, weights).item() < 0.5 * first
+    assert sequence_loss(model, seq, weights)[0].item() / total < 0.5 * first
     # The shared embeddings are the target's: not among the drafter's parameters, never updated.
     assert torch.equal(tiny_target.get_input_embeddings().weight, embed_before)
     assert not any(p is tiny_target.get_input_embeddings().weight for p in model.parameters())
-    # The resumable state restores parameters and optimizer moments exactly.
-    save_train_state(tmp_path, model, opt, 40, [first])
+    # The resumable state restores parameters and optimizer moments exactly, and refuses another run's settings.
+    save_train_state(tmp_path, model, opt, 40, [first], {"layers": 2})
     fresh = DFlashDrafter(cfg, tiny_target.get_input_embeddings(), tiny_target.get_output_embeddings())
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
-    assert load_train_state(tmp_path, fresh, fresh_opt) == (40, [first])
+    assert load_train_state(tmp_path, fresh, fresh_opt, {"layers": 2}) == (40, [first])
     for (name, p), q in zip(model.named_parameters(), fresh.parameters()):
         assert torch.equal(p, q), name
         assert torch.equal(opt.state[p]["exp_avg"], fresh_opt.state[q]["exp_avg"]), name
+    with pytest.raises(ValueError, match="layers=2"):
+        load_train_state(tmp_path, fresh, fresh_opt, {"layers": 3})
+
+
+@pytest.mark.parametrize("soft", [0.0, 0.3, 1.0])
+def test_fused_cross_entropy_matches_autograd(soft):
+    """Loss and input gradient of the fused lm_head cross-entropy equal plain autograd's, with
+    rows without a hard label, soft labels summing below one, and chunking across rows."""
+    g = torch.Generator().manual_seed(1)
+    n, h, v, k = 37, 16, 111, 5
+    hidden = torch.randn(n, h, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, h, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels[::7] = -100
+    row_w = torch.rand(n, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, v, (n, k), generator=g)
+    probs = torch.rand(n, k, generator=g, dtype=torch.float64).softmax(-1) * 0.9
+    logp = (hidden @ weight.T).log_softmax(-1)
+    hard = torch.where(labels >= 0, -logp.gather(1, labels.clamp(min=0)[:, None])[:, 0], 0.0)
+    want = ((1 - soft) * hard - soft * (probs * logp.gather(1, ids)).sum(-1)) * row_w
+    want.sum().backward()
+    want_grad, hidden.grad = hidden.grad.clone(), None
+    import bastion.training.fused_ce as fused
+    chunk, fused.CHUNK_ROWS = fused.CHUNK_ROWS, 8
+    try:
+        got, hits = linear_cross_entropy(hidden, weight, labels, row_w.float(), ids, probs.float(), soft)
+    finally:
+        fused.CHUNK_ROWS = chunk
+    (2 * got).backward()
+    torch.testing.assert_close(got.double(), want.sum(), rtol=1e-5, atol=1e-6)  # losses add up in fp32
+    torch.testing.assert_close(hidden.grad, 2 * want_grad, rtol=1e-5, atol=1e-6)
+    assert torch.equal(hits, (labels >= 0) & (logp.argmax(-1) == labels))
+
+
+def test_folded_feature_scale_equals_scaled_features(drafter):
+    feats, positions = features(1, 12, seed=4), torch.arange(12)[None]
+    tokens, anchors = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(5)), torch.tensor([[3, 7, 11]])
+    scale = torch.rand(feats.shape[-1], generator=torch.Generator().manual_seed(6)) + 0.5
+    with torch.no_grad():
+        scaled = drafter.anchor_logits(feats * scale, positions, tokens, anchors)
+        drafter.fold_feature_scale(scale)
+        folded = drafter.anchor_logits(feats, positions, tokens, anchors)
+    torch.testing.assert_close(folded, scaled, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="scale"):
+        drafter.fold_feature_scale(torch.ones(3))
 
 
 def oracle_drafter(correct_depth: int):
@@ -285,7 +337,7 @@ def oracle_drafter(correct_depth: int):
         return torch.nn.functional.one_hot(chosen, VOCAB).float()[None] * 10
 
     return types.SimpleNamespace(block_size=BLOCK, fc=types.SimpleNamespace(weight=torch.zeros(1)), anchor_logits=anchor_logits,
-                                 to_draft_ids=lambda ids: ids)
+                                 to_draft_ids=lambda ids, missing=-100: ids, draft_vocab_size=VOCAB)
 
 
 @pytest.mark.parametrize("depth", [0, 2, BLOCK - 1])
@@ -294,9 +346,9 @@ def test_evaluate_walks_rounds_like_the_engine(depth):
     oracle_drafter.targets = seq.targets
     result = evaluate(oracle_drafter(depth), [seq], tree_budgets=(6,), tree_width=2)
     # Every round commits depth accepted + 1 tokens, and so does a tree holding the path.
-    assert result["dflash_mean_tokens_per_round"] == depth + 1
-    assert result["tree6_mean_tokens_per_round"] >= depth + 1
-    assert result["top1_match_rate_by_position"] == [1.0] * depth + [0.0] * (BLOCK - 1 - depth)
+    assert result["dflash_tokens_per_round"] == depth + 1
+    assert result["tree6_tokens_per_round"] >= depth + 1
+    assert result["top1_by_position"] == [1.0] * depth + [0.0] * (BLOCK - 1 - depth)
 
 
 @pytest.mark.model

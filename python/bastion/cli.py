@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if argv[:1] == ["train-drafter"]:
-        from .train_drafter import main as train_main
+        from .training.cli import main as train_main
 
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)

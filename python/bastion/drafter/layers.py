@@ -89,15 +89,54 @@ class DFlashAttention(nn.Module):
         v = self.v_proj(h).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         return _rotate(k, cos, sin), v
 
-    def forward(self, h, cos, sin, ctx_k, ctx_v, attn_mask):
-        """h: (batch, q, hidden) normed block states; ctx_k/ctx_v: (batch, kv_heads, c, head_dim);
-        attn_mask: None (everything visible) or (batch, 1, q, c + q) bool, True = may attend."""
+    def forward(self, h, cos, sin, ctx_k, ctx_v, visible):
+        """h: (batch, q, hidden) normed block states; ctx_k/ctx_v: (batch, kv_heads, c, head_dim).
+
+        visible: None (one block, everything visible), a (batch, 1, q, c + q) bool mask (True =
+        may attend), or a :class:`BlockContext` (many blocks of one sequence: see there).
+        """
         b, n, _ = h.shape
         q = _rotate(self.q_norm(self.q_proj(h).view(b, n, self.num_heads, self.head_dim)).transpose(1, 2), cos, sin)
         k, v = self.project_kv(h, cos, sin)
-        k, v = torch.cat([ctx_k, k], dim=2), torch.cat([ctx_v, v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=self.num_kv_heads != self.num_heads)
+        if isinstance(visible, BlockContext):
+            out = visible.attend(q, k, v, ctx_k, ctx_v)
+        else:
+            k, v = torch.cat([ctx_k, k], dim=2), torch.cat([ctx_v, v], dim=2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=self.num_kv_heads != self.num_heads)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class BlockContext:
+    """Which context keys each of many blocks sees, for the one-pass training forward.
+
+    The queries are ``blocks`` consecutive blocks of ``block_size`` tokens; block m sees the
+    context keys where ``sees_context[:, m]`` and its own block (both ways), no other block.
+    Attention runs in two parts merged under one softmax: queries x context (masked) and each
+    block x itself, so no work is spent on the (blocks x block_size)^2 cross-block pairs a dense
+    mask would compute and throw away.
+
+    sees_context: (batch, blocks, c) bool.
+    """
+
+    def __init__(self, sees_context: torch.Tensor, block_size: int):
+        self.block_size = block_size
+        self.hidden = ~sees_context[:, None, None, :, None, :]  # (batch, 1, 1, blocks, 1, c)
+
+    def attend(self, q, k, v, ctx_k, ctx_v) -> torch.Tensor:
+        """q: (batch, heads, blocks * block_size, d); k, v: (batch, kv_heads, blocks *
+        block_size, d); ctx_k, ctx_v: (batch, kv_heads, c, d) -> (batch, heads, blocks *
+        block_size, d)."""
+        b, heads, n, d = q.shape
+        kv_heads, c, g = k.shape[1], ctx_k.shape[2], self.block_size
+        m = n // g
+        qg = q.view(b, kv_heads, heads // kv_heads, m, g, d) * d ** -0.5
+        to_context = (qg.flatten(3, 4) @ ctx_k[:, :, None].transpose(-1, -2)).view(b, kv_heads, -1, m, g, c)
+        to_block = qg @ k.view(b, kv_heads, 1, m, g, d).transpose(-1, -2)  # (b, kv, rep, m, g, g)
+        scores = torch.cat([to_context.masked_fill(self.hidden, float("-inf")), to_block], dim=-1)
+        probs = scores.float().softmax(-1).to(v.dtype)
+        out = (probs[..., :c].flatten(3, 4) @ ctx_v[:, :, None]).view_as(qg)
+        out = out + probs[..., c:] @ v.view(b, kv_heads, 1, m, g, d)
+        return out.view(b, heads, n, d)
 
 
 class SwiGLU(nn.Module):
@@ -122,6 +161,6 @@ class DFlashLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, ctx_k, ctx_v, attn_mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ctx_k, ctx_v, attn_mask)
+    def forward(self, x, cos, sin, ctx_k, ctx_v, visible):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ctx_k, ctx_v, visible)
         return x + self.mlp(self.post_attention_layernorm(x))

@@ -22,7 +22,7 @@ from torch import nn
 
 from .checkpoint import read_checkpoint, write_checkpoint
 from .config import DFlashConfig
-from .layers import DFlashLayer, RMSNorm, RotaryEmbedding
+from .layers import BlockContext, DFlashLayer, RMSNorm, RotaryEmbedding
 
 
 def select_features(hidden_states, target_layer_ids) -> torch.Tensor:
@@ -59,8 +59,10 @@ class DrafterState:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, capacity, config.head_dim)
-        self.keys = torch.empty(shape, dtype=dtype, device=device)
-        self.values = torch.empty(shape, dtype=dtype, device=device)
+        # Zeros, not empty: a masked slot is still multiplied by its (zero) probability, and
+        # uninitialised memory there can hold NaN, which 0 * NaN would carry into the logits.
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros((batch_size,), dtype=torch.int64, device=device)
         self.bound = 0
         self.ragged = False  # whether the lengths may differ from bound (then draft masks)
@@ -78,8 +80,8 @@ class DrafterState:
             grown = max(2 * self.keys.shape[3], self.bound + n)
             pad = list(self.keys.shape)
             pad[3] = grown - pad[3]
-            self.keys = torch.cat([self.keys, self.keys.new_empty(pad)], dim=3)
-            self.values = torch.cat([self.values, self.values.new_empty(pad)], dim=3)
+            self.keys = torch.cat([self.keys, self.keys.new_zeros(pad)], dim=3)
+            self.values = torch.cat([self.values, self.values.new_zeros(pad)], dim=3)
         batch, heads, _, head_dim = kv[0][0].shape
         slots = (self.lengths[:, None] + torch.arange(n, device=self.lengths.device))[:, None, :, None]
         index = slots.expand(batch, heads, n, head_dim)
@@ -130,7 +132,7 @@ class DFlashDrafter(nn.Module):
             self.register_buffer("draft_vocab_ids", torch.arange(config.draft_vocab_size))
         else:
             self.draft_vocab_ids = None
-        self._head_rows: tuple | None = None  # (key, lm_head rows of draft_vocab_ids): see _head_weight
+        self._head_rows: tuple | None = None  # (key, lm_head rows of draft_vocab_ids): see head_weight
         self._draft_index: tuple | None = None  # (key, target id -> draft index table): see to_draft_ids
 
     @property
@@ -230,12 +232,13 @@ class DFlashDrafter(nn.Module):
         cos, sin = self.rotary(positions, ctx.dtype)
         return [layer.self_attn.project_kv(ctx, cos, sin) for layer in self.layers]
 
-    def _run_blocks(self, block_ids, block_positions, ctx_kv, attn_mask) -> torch.Tensor:
-        """block_ids/block_positions: (batch, q) int64 -> normed hidden states (batch, q, hidden)."""
+    def _run_blocks(self, block_ids, block_positions, ctx_kv, visible) -> torch.Tensor:
+        """block_ids/block_positions: (batch, q) int64 -> normed hidden states (batch, q, hidden);
+        ``visible`` as in ``DFlashAttention.forward``."""
         x = self.target.embed_tokens(block_ids).to(self.fc.weight.dtype)
         cos, sin = self.rotary(block_positions, x.dtype)
         for layer, (k, v) in zip(self.layers, ctx_kv):
-            x = layer(x, cos, sin, k, v, attn_mask)
+            x = layer(x, cos, sin, k, v, visible)
         return self.norm(x)
 
     def _block_ids(self, roots: torch.Tensor) -> torch.Tensor:
@@ -243,7 +246,7 @@ class DFlashDrafter(nn.Module):
         masks = torch.full((*roots.shape, self.block_size - 1), self.config.mask_token_id, dtype=roots.dtype, device=roots.device)
         return torch.cat([roots[..., None], masks], dim=-1)
 
-    def _head_weight(self) -> torch.Tensor:
+    def head_weight(self) -> torch.Tensor:
         """(draft_vocab_size, hidden): the target lm_head's rows the drafter scores (gathered
         once and kept while the lm_head and the draft vocabulary stay the same)."""
         weight = self.target.lm_head.weight
@@ -256,11 +259,23 @@ class DFlashDrafter(nn.Module):
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., hidden) -> (..., draft_vocab_size) fp32 logits."""
-        weight = self._head_weight()
+        weight = self.head_weight()
         bias = getattr(self.target.lm_head, "bias", None)
         if bias is not None and self.draft_vocab_ids is not None:
             bias = bias.index_select(0, self.draft_vocab_ids.to(bias.device))
-        return torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias).float()
+        # One 2-D matmul: a strided (..., hidden) view would run as a batched matmul with the
+        # weight broadcast, several times slower on a CPU.
+        rows = hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype)
+        return torch.nn.functional.linear(rows, weight, bias).float().view(*hidden.shape[:-1], -1)
+
+    def fold_feature_scale(self, scale: torch.Tensor) -> None:
+        """Fold a per-feature input scale into ``fc``: afterwards ``fc(x)`` computes what it
+        computed before on ``x * scale``. scale: (feature_size,) float. Training feeds
+        channel-normalised features; the folded weights take the target's raw ones."""
+        if scale.shape != (self.feature_size,):
+            raise ValueError(f"scale must have shape ({self.feature_size},), got {tuple(scale.shape)}")
+        with torch.no_grad():
+            self.fc.weight.mul_(scale.to(self.fc.weight)[None, :])
 
     # -- the engine's interface --------------------------------------------------------------
 
@@ -304,14 +319,15 @@ class DFlashDrafter(nn.Module):
 
     # -- training and offline evaluation -----------------------------------------------------
 
-    def anchor_logits(self, target_hidden: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """Draft logits for many roots of one sequence in one pass (what ``draft`` would return
-        after ``extend`` with everything before each root), as used for training.
+    def anchor_hidden(self, target_hidden: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """The drafted positions' final hidden states for many roots of one sequence in one
+        pass (what ``draft`` would score after ``extend`` with everything before each root).
 
         target_hidden: (batch, S, F) features of a whole sequence; positions, tokens: (batch, S)
         int64; anchors: (batch, M) int64 indices into S of the roots. Block m sees the context
-        of indices < anchors[m] and its own block only. Returns (batch, M, block_size - 1,
-        draft_vocab_size) fp32 (with gradients when enabled).
+        of indices < anchors[m] and its own block only (``BlockContext``: no work on the pairs
+        it does not see). Returns (batch, M, block_size - 1, hidden) (with gradients when
+        enabled); ``head_weight`` scores them.
         """
         batch, seq = tokens.shape
         num_blocks, gamma = anchors.shape[1], self.block_size
@@ -320,11 +336,12 @@ class DFlashDrafter(nn.Module):
         offsets = torch.arange(gamma, device=tokens.device)
         block_positions = (positions.gather(1, anchors)[..., None] + offsets).reshape(batch, num_blocks * gamma)
         sees_context = torch.arange(seq, device=tokens.device) < anchors[..., None]  # (batch, M, S)
-        block_of = torch.arange(num_blocks * gamma, device=tokens.device) // gamma
-        sees_block = (block_of[:, None] == block_of[None, :]).expand(batch, -1, -1)
-        mask = torch.cat([sees_context.repeat_interleave(gamma, dim=1), sees_block], dim=2)[:, None]
-        hidden = self._run_blocks(block_ids, block_positions, ctx_kv, mask)
-        return self._logits(hidden.view(batch, num_blocks, gamma, -1)[:, :, 1:])
+        hidden = self._run_blocks(block_ids, block_positions, ctx_kv, BlockContext(sees_context, gamma))
+        return hidden.view(batch, num_blocks, gamma, -1)[:, :, 1:]
+
+    def anchor_logits(self, target_hidden: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """``anchor_hidden`` scored: (batch, M, block_size - 1, draft_vocab_size) fp32."""
+        return self._logits(self.anchor_hidden(target_hidden, positions, tokens, anchors))
 
 
 def load_drafter(path: str | os.PathLike | None, target_model: nn.Module) -> DFlashDrafter:

@@ -1,6 +1,7 @@
 """The project's documented prompt sets (see README.md here): ``train`` for distilling the
-drafter (the hand-written ``train.jsonl`` plus the composed ``train_synth.jsonl``), ``eval``
-(disjoint) for held-out acceptance and benchmarks; and any user file of the same form."""
+drafter (the hand-written ``train.jsonl`` plus the rows ``synth.compose`` builds, never
+shipped as a file), ``eval`` (disjoint) for held-out acceptance and benchmarks; and any user
+file of the same form."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 SPLITS = ("train", "eval")
 CATEGORIES = ("math", "code", "chat")  # the eval set's categories (bench's defaults)
 _HERE = Path(__file__).resolve().parent
-_FILES = {"train": ("train.jsonl", "train_synth.jsonl"), "eval": ("eval.jsonl",)}
+_FILES = {"train": ("train.jsonl",), "eval": ("eval.jsonl",)}
 
 
 def load_prompt_file(path: str | os.PathLike, default_category: str = "custom") -> list[dict]:
@@ -50,6 +51,10 @@ def load_prompts(split: str, category: str | None = None) -> list[dict]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rows = [r for name in _FILES[split] for r in load_prompt_file(_HERE / name)]
+    if split == "train":
+        from .synth import compose
+
+        rows += compose()
     if category is not None and category not in {r["category"] for r in rows}:
         raise ValueError(f"category {category!r} is not in the {split} prompts")
     return [r for r in rows if category is None or r["category"] == category]

@@ -1,7 +1,8 @@
 """The drafter's training prompts, composed from seed topics and templates (nothing downloaded).
 
-``python -m bastion.prompts.synth`` rewrites ``train_synth.jsonl`` deterministically (seed
-below): every template of a category is filled with seed words and random numbers, prompts
+``load_prompts("train")`` composes them on every call, deterministically (seed below), so no
+file of them ships; ``python -m bastion.prompts.synth OUT.jsonl`` writes them out to read.
+Every template of a category is filled with seed words and random numbers, prompts
 already in ``eval.jsonl`` are dropped, the rest is deduplicated and shuffled. The multi-turn
 rows are finished later by the target itself (``bastion train-drafter`` answers their first
 turn, then asks the follow-up): see README.md.
@@ -242,11 +243,15 @@ def compose(seed: int = SEED) -> list[dict]:
 
 
 def main() -> None:
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m bastion.prompts.synth OUT.jsonl")
     rows = compose()
-    with open(HERE / "train_synth.jsonl", "w", encoding="utf-8") as f:
+    with open(sys.argv[1], "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    print(f"wrote {len(rows)} prompts to {HERE / 'train_synth.jsonl'}")
+    print(f"wrote {len(rows)} prompts to {sys.argv[1]}")
 
 
 if __name__ == "__main__":

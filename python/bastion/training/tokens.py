@@ -105,45 +105,12 @@ def _messages(row: dict, answers: dict[str, str]) -> list[dict]:
             {"role": "user", "content": row["follow_up"]}]
 
 
-class LayerTap:
-    """Forward hooks that keep the outputs of some decoder layers of a Hugging Face causal LM
-    (``model.model.layers[i]``) for every forward call, concatenated along the sequence axis:
-    the drafter's features of every token a decoding loop feeds, at no extra forward. They
-    equal ``hidden_states[i + 1]`` except for the last layer, which HF reports after the final
-    norm."""
-
-    def __init__(self, model, layer_ids):
-        self.layer_ids = list(layer_ids)
-        self.calls: list[list[torch.Tensor]] = [[] for _ in self.layer_ids]
-        layers = model.model.layers
-        self.handles = [layers[i].register_forward_hook(self._keeper(k)) for k, i in enumerate(self.layer_ids)]
-
-    def _keeper(self, k: int):
-        def keep(_module, _inputs, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            self.calls[k].append(hidden.detach().to(torch.bfloat16))
-        return keep
-
-    def features(self) -> torch.Tensor:
-        """(batch, fed tokens, len(layer_ids) * hidden) bf16, then forget the calls."""
-        out = torch.cat([torch.cat(c, dim=1) for c in self.calls], dim=-1)
-        self.calls = [[] for _ in self.layer_ids]
-        return out
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 @torch.no_grad()
-def greedy_continuations(model, prompts: list[list[int]], max_new_tokens: int, eos: int, pad: int,
-                         feature_layers=None) -> tuple[list[list[int]], list[torch.Tensor] | None]:
+def greedy_continuations(model, prompts: list[list[int]], max_new_tokens: int, eos: int, pad: int) -> list[list[int]]:
     """Greedy continuations of several prompts at once (left-padded), each cut after its EOS.
 
     A finished row leaves the batch (its KV rows are dropped), so a step costs only the rows
-    still running: no compute is spent on padding after a short answer. With
-    ``feature_layers``, also returns per prompt the (prompt + continuation, F) bf16 outputs of
-    those layers for every fed token; the last token is never fed, so its row is zero.
+    still running: no compute is spent on padding after a short answer.
     """
     from transformers import DynamicCache
 
@@ -153,68 +120,43 @@ def greedy_continuations(model, prompts: list[list[int]], max_new_tokens: int, e
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    tap = LayerTap(model, feature_layers) if feature_layers else None
-    try:
-        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1]
-        fed: list[list[torch.Tensor]] = [[] for _ in prompts]
-        if tap:
-            prefill = tap.features()
-            for b, p in enumerate(prompts):
-                fed[b].append(prefill[b, width - len(p):])
-        conts: list[list[int]] = [[] for _ in prompts]
-        active = list(range(len(prompts)))
-        next_position = attention.sum(-1)
-        while True:
-            tokens = logits.argmax(-1)
-            keep = []
-            for j, (b, t) in enumerate(zip(active, tokens.tolist())):
-                conts[b].append(t)
-                if t != eos and len(conts[b]) < max_new_tokens:
-                    keep.append(j)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                attention, tokens, next_position = attention[index], tokens[index], next_position[index]
-                active = [active[j] for j in keep]
-            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
-            logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_position[:, None],
-                           cache=cache, use_cache=True).logits[:, -1]
-            next_position = next_position + 1
-            if tap:
-                step = tap.features()
-                for j, b in enumerate(active):
-                    fed[b].append(step[j])
-    finally:
-        if tap:
-            tap.close()
-    if not tap:
-        return conts, None
-    features = []
-    for b in range(len(prompts)):
-        f = torch.cat(fed[b])
-        features.append(torch.cat([f, f.new_zeros((1, f.shape[1]))]))
-    return conts, features
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    conts: list[list[int]] = [[] for _ in prompts]
+    active = list(range(len(prompts)))
+    next_position = attention.sum(-1)
+    while True:
+        tokens = logits.argmax(-1)
+        keep = []
+        for j, (b, t) in enumerate(zip(active, tokens.tolist())):
+            conts[b].append(t)
+            if t != eos and len(conts[b]) < max_new_tokens:
+                keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            attention, tokens, next_position = attention[index], tokens[index], next_position[index]
+            active = [active[j] for j in keep]
+        attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+        logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_position[:, None],
+                       cache=cache, use_cache=True).logits[:, -1]
+        next_position = next_position + 1
+    return conts
 
 
 @torch.no_grad()
 def generate_token_data(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int, chunk_dir: Path,
-                        desc: str = "data", feature_layers=None, features_dir: Path | None = None,
-                        deadline: float | None = None) -> list[TokenData]:
+                        desc: str = "data", deadline: float | None = None) -> list[TokenData]:
     """Greedy continuations of ``rows`` (see the module docstring), resumable from ``chunk_dir``.
 
     Rows run in chunks of ``batch_size``, single-turn rows first; every finished chunk is saved
     as ``chunk_dir/chunk_XXXXX.safetensors.gz`` (small: meant to be committed, so that a later
-    run, on any machine, resumes). With ``feature_layers`` (0-based decoder layers) the outputs
-    of those layers for every token of a newly generated chunk are kept in ``features_dir``
-    (``features_XXXXX.safetensors``, bf16, rows aligned with the chunk's concatenated tokens):
-    the drafter's training features without another target forward. No new chunk starts after
+    run, on any machine, resumes). No new chunk starts after
     ``deadline`` (a ``time.time()``). Returns the finished chunks, in order (chunk i is
     ``result[i]``).
     """
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     chunk_dir.mkdir(parents=True, exist_ok=True)
@@ -237,14 +179,11 @@ def generate_token_data(model, tokenizer, rows: list[dict], max_new_tokens: int,
         else:
             texts = [tokenizer.apply_chat_template(_messages(r, answers), tokenize=False, add_generation_prompt=True) for r in chunk]
             ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-            conts, features = greedy_continuations(model, ids, max_new_tokens, eos, pad, feature_layers)
+            conts = greedy_continuations(model, ids, max_new_tokens, eos, pad)
             seqs = [p + c for p, c in zip(ids, conts)]
             fresh_tokens += sum(map(len, conts))
             plens, names = [len(p) for p in ids], [r["id"] for r in chunk]
             part = TokenData.from_lists(seqs, plens, names)
-            if features is not None:
-                features_dir.mkdir(parents=True, exist_ok=True)
-                save_file({"features": torch.cat(features).contiguous()}, features_dir / f"features_{index:05d}.safetensors")
             save_token_data(path, part)
         for i, name in enumerate(part.ids):
             row = next(r for r in chunk if r["id"] == name)

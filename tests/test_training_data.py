@@ -1,5 +1,6 @@
 """Token data of the drafter recipe: the committed chunk format (safetensors in gzip, no
-pickle), its errors, the shrinking-batch greedy decoder and its captured features, resuming."""
+pickle), its errors, the shrinking-batch greedy decoder, resuming, and the teacher-forced
+features with their cache."""
 
 import gzip
 
@@ -8,7 +9,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bastion.drafter import select_features
-from bastion.train_data import TokenData, generate_token_data, greedy_continuations, load_token_data, save_token_data
+from bastion.training.features import cached_features, featurize
+from bastion.training.tokens import TokenData, generate_token_data, greedy_continuations, load_token_data, save_token_data
 
 VOCAB, EOS, PAD = 61, 2, 0
 
@@ -47,19 +49,33 @@ def test_corrupt_token_data_is_named(tmp_path):
 
 def test_shrinking_batch_matches_one_prompt_at_a_time(tiny_lm):
     prompts = [[5, 9, 11, 3], [7, 8], [4, 4, 4, 4, 4, 12, 13]]
-    conts, feats = greedy_continuations(tiny_lm, prompts, 10, EOS, PAD, feature_layers=[0, 1])
-    for p, c, f in zip(prompts, conts, feats):
+    conts = greedy_continuations(tiny_lm, prompts, 10, EOS, PAD)
+    for p, c in zip(prompts, conts):
         single = tiny_lm.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=10,
                                   do_sample=False, eos_token_id=EOS, pad_token_id=PAD)[0, len(p):].tolist()
         if EOS in single:
             single = single[: single.index(EOS) + 1]
         assert c == single
+
+
+def test_featurize_is_one_forward_per_sequence_and_caches(tiny_lm, tmp_path):
+    """Features, argmax and top-k of the padded batches equal each sequence's own forward; the
+    cache is read back, and a damaged cache file is recomputed."""
+    seqs = [[5, 9, 11, 3, 7], [7, 8], [4, 4, 4, 4, 4, 12, 13, 2]]
+    data = TokenData.from_lists(seqs, [2, 1, 3], ["a", "b", "c"])
+    got = featurize(tiny_lm, data, [0, 1], topk=3, batch_tokens=12)
+    for i, s in enumerate(seqs):
+        rows = slice(int(data.offsets[i]), int(data.offsets[i + 1]))
         with torch.no_grad():
-            hidden = tiny_lm(torch.tensor([p + c]), output_hidden_states=True).hidden_states
-        want = select_features(hidden, [0, 1])[0]  # not the last layer: HF reports that one normed
-        assert f.shape == want.shape and f.dtype == torch.bfloat16
-        torch.testing.assert_close(f[:-1].float(), want[:-1], rtol=2e-2, atol=2e-2)
-        assert not f[-1].any()  # the last token is never fed
+            out = tiny_lm(torch.tensor([s]), output_hidden_states=True)
+        torch.testing.assert_close(got["features"][rows], select_features(out.hidden_states, [0, 1])[0], rtol=1e-5, atol=1e-5)
+        assert torch.equal(got["argmax"][rows].long(), out.logits[0].argmax(-1))
+        assert torch.equal(got["topk_ids"][rows].long(), out.logits[0].topk(3).indices)
+    path = tmp_path / "chunk.safetensors"
+    first = cached_features(tiny_lm, data, [0, 1], 3, path)
+    assert torch.equal(cached_features(tiny_lm, data, [0, 1], 3, path)["argmax"], first["argmax"])
+    path.write_bytes(path.read_bytes()[:100])
+    assert torch.equal(cached_features(tiny_lm, data, [0, 1], 3, path)["argmax"], first["argmax"])
 
 
 class ToyTokenizer:
@@ -78,10 +94,9 @@ class ToyTokenizer:
 def test_generation_resumes_and_multi_turn_rows_follow_their_first_answer(tiny_lm, tmp_path):
     rows = [{"id": f"r{i}", "prompt": f"tell me about thing {i}"} for i in range(5)]
     rows.insert(1, {"id": "m0", "prompt": "tell me about thing 3", "follow_up": "more please"})
-    first = generate_token_data(tiny_lm, ToyTokenizer(), rows, 6, 2, tmp_path / "chunks", feature_layers=[1],
-                                features_dir=tmp_path / "feats", deadline=0.0)
+    first = generate_token_data(tiny_lm, ToyTokenizer(), rows, 6, 2, tmp_path / "chunks", deadline=0.0)
     assert first == []  # past the deadline: no chunk starts
-    parts = generate_token_data(tiny_lm, ToyTokenizer(), rows, 6, 2, tmp_path / "chunks", feature_layers=[1], features_dir=tmp_path / "feats")
+    parts = generate_token_data(tiny_lm, ToyTokenizer(), rows, 6, 2, tmp_path / "chunks")
     assert [i for p in parts for i in p.ids][-1] == "m0"  # multi-turn rows run last
     def generated(name):
         return next(p.sequence(i)[int(p.prompt_lens[i]):] for p in parts for i in range(len(p)) if p.ids[i] == name)
@@ -92,7 +107,7 @@ def test_generation_resumes_and_multi_turn_rows_follow_their_first_answer(tiny_l
     # The follow-up's prompt holds the first turn, the target's own answer to it (EOS aside) and the follow-up.
     assert prompt_len("m0") == prompt_len("r3") + int((generated("r3") != EOS).sum()) + 2
     stamps = sorted((tmp_path / "chunks").iterdir())
-    assert len(stamps) == 3 and len(list((tmp_path / "feats").iterdir())) == 3
+    assert len(stamps) == 3
     mtimes = [s.stat().st_mtime_ns for s in stamps]
     again = generate_token_data(tiny_lm, ToyTokenizer(), rows, 6, 2, tmp_path / "chunks")
     assert [s.stat().st_mtime_ns for s in sorted((tmp_path / "chunks").iterdir())] == mtimes  # resumed, not redone
