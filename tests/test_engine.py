@@ -164,7 +164,8 @@ def test_kv_commit_matches_fresh_forward(smollm2, ar_outputs, ranks):
     tree = ops.build_tree(logits, 4, budget, context_lens=[len(ids)], policy="fixed", budgets=[budget])
     n = int(tree.n_nodes[0])
     verify_logits, _ = target.verify(tree, torch.tensor([root]), n)
-    result = accept(tree, n, verify_logits, Sampler(), RoundBuffers(1, budget, len(ranks), "cpu"))
+    result = accept(tree, n, verify_logits, Sampler(), RoundBuffers(1, budget, len(ranks), "cpu"),
+                    torch.tensor([0]), torch.tensor([len(ids)]))
     accepted, bonus = result.accepted_nodes[0, : int(result.accept_len[0])].tolist(), int(result.bonus[0])
     assert len(accepted) == len(path) and bonus == expected[len(path) + 1]
     first_children = [int(tree.first_child[0, int(tree.parents[0, a]) + 1]) for a in accepted]
@@ -208,8 +209,9 @@ def test_sample_and_match_reproduces_target_distribution(temperature, top_p):
     first = torch.zeros(vocab)
     # Second token given that the first was node 0 (a child of the root): node 0's row.
     second_after_node0 = torch.zeros(vocab)
-    for _ in range(trials):
-        result = accept(tree, n, target_logits, sampler, buffers)
+    for trial in range(trials):
+        # Each trial another request: the counter-based uniforms of one request never change.
+        result = accept(tree, n, target_logits, sampler, buffers, torch.tensor([trial]), torch.tensor([10]))
         accepted = result.accepted_nodes[0, : int(result.accept_len[0])].tolist()
         emitted = tree.tokens[0, accepted].tolist() + [int(result.bonus[0])]
         first[emitted[0]] += 1

@@ -166,7 +166,7 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
                      batch_allocation=config.batch_allocation)
     for prompt in prompts:
         check_context(model, len(prompt), config.max_new_tokens, positions)
-    sampler = Sampler(config.temperature, config.top_p, config.seed, device)
+    sampler = Sampler(config.temperature, config.top_p, config.seed)
     eos = set(eos_token_ids) if config.stop_on_eos else set()
     requests = [_Request(i, len(p), config, eos, on_tokens) for i, p in enumerate(prompts)]
     max_nodes = 0 if is_ar else plan.max_nodes
@@ -185,7 +185,9 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
         state.set_bound(longest)
         vocab = None if sampler.greedy else logits.shape[-1]
         buffers = RoundBuffers(batch, max_nodes, positions, device, vocab)
-    roots = sampler.pick(logits)
+    # Each live row's request index (the uniforms' key): rows are dropped as requests finish.
+    request_ids = torch.arange(batch, device=device)
+    roots = sampler.pick(logits, request_ids, target.lengths)
     clock.mark("prefill")
     # What the last round committed, read at the next round's one host read: at first the roots.
     pending = torch.cat([torch.zeros((batch, 1 + positions), dtype=torch.int64, device=device), roots[:, None]], 1)
@@ -222,6 +224,7 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
             values = [values[i] for i in still]
             live = [live[i] for i in still]
             roots = roots.index_select(0, rows)
+            request_ids = request_ids.index_select(0, rows)
             target.keep_requests(rows)
             if not is_ar:
                 state.keep_requests(rows)
@@ -232,7 +235,8 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
         longest = max(r.committed_len for r in live)
         target.set_bound(longest)
         if is_ar:
-            roots = sampler.pick(target.step(roots))
+            logits = target.step(roots)
+            roots = sampler.pick(logits, request_ids, target.lengths)
             pending = torch.cat([torch.zeros((len(live), 1), dtype=torch.int64, device=device), roots[:, None]], 1)
             continue
 
@@ -245,8 +249,8 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
         clock.mark("build")
         verify_logits, hidden = target.verify(tree, roots, n)
         clock.mark("verify")
-        result = accept(tree, n, verify_logits, sampler, buffers)
         root_positions = target.lengths.clone()
+        result = accept(tree, n, verify_logits, sampler, buffers, request_ids, root_positions)
         target.commit(result.accepted_nodes, result.accept_len)
         # The drafter's new context: the root and the accepted path, rows of the verify forward.
         keep = torch.cat([torch.zeros_like(root_positions)[:, None], result.accepted_nodes.long() + 1], 1).clamp(min=0)

@@ -1,10 +1,12 @@
 """Turning target logits into tokens: argmax at temperature 0, otherwise the tempered
-(optionally nucleus-truncated) distribution sampled with uniforms from a seeded generator on
-the model's device."""
+(optionally nucleus-truncated) distribution sampled by inverse CDF with the counter-based
+uniform of each token's (seed, request, absolute position): see ``uniforms``."""
 
 from __future__ import annotations
 
 import torch
+
+from .uniforms import counter_uniforms
 
 # Below MIN_TEMPERATURE, logits / T can overflow fp32 to inf and the softmax to NaN (use 0 for
 # greedy); above MAX_TEMPERATURE the distribution is uniform noise to fp32 precision.
@@ -20,18 +22,18 @@ class Sampler:
     temperature : 0 for greedy decoding, or in [MIN_TEMPERATURE, MAX_TEMPERATURE] to sample
         from softmax(logits / temperature).
     top_p : nucleus mass in (0, 1]; 1 keeps the whole distribution.
-    seed : seeds the generator the uniforms come from.
-    device : where the generator lives (the model's device): uniforms never cross to the host.
+    seed : keys the uniforms (with the request and the position of the token they sample), so
+        a seed gives the same tokens whatever the strategy, tree sizes or timings.
     """
 
-    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, device="cpu"):
+    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
         if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
             raise ValueError(f"temperature must be 0 or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         self.temperature = temperature
         self.top_p = top_p
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.seed = seed
 
     @property
     def greedy(self) -> bool:
@@ -49,19 +51,20 @@ class Sampler:
             probs = probs / probs.sum(-1, keepdim=True)
         return probs
 
-    def uniforms(self, shape: tuple[int, ...], out: torch.Tensor | None = None) -> torch.Tensor:
-        """Uniforms in [0, 1) of ``shape`` (fp32, on the generator's device), into ``out`` if given."""
-        if out is None:
-            out = torch.empty(shape, dtype=torch.float32, device=self.generator.device)
-        return out.uniform_(0.0, 1.0, generator=self.generator)
+    def uniforms(self, requests: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """requests: (B,) int64; positions: (B, M) int64 absolute positions of the tokens
+        sampled -> (B, M) fp32 uniforms in [0, 1) on their device."""
+        return counter_uniforms(self.seed, requests, positions)
 
-    def pick(self, logits: torch.Tensor) -> torch.Tensor:
-        """One token per row of logits (B, V): the argmax, or a sample by inverse CDF.
-        Returns (B,) int64 on the logits' device."""
+    def pick(self, logits: torch.Tensor, requests: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One token per row of logits (B, V): the argmax, or a sample by inverse CDF with
+        the uniform of (request, position). requests, positions: (B,) int64, the request
+        index and the absolute position of the token picked. Returns (B,) int64 on the
+        logits' device."""
         if self.greedy:
             return logits.argmax(-1)
         probs = self.probs(logits)
-        u = self.uniforms((probs.shape[0], 1))
+        u = self.uniforms(requests, positions[:, None])
         # The smallest v with cdf(v) > u, as in verify_sample, clamped to the last token of
         # positive probability (fp32 round-off can leave the cdf's end below u).
         v = torch.searchsorted(probs.cumsum(-1), u, right=True)[:, 0]

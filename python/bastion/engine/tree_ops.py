@@ -22,16 +22,22 @@ class RoundBuffers:
         self.uniforms = torch.zeros((batch, max_nodes + 1), device=device)
 
 
-def accept(tree: DraftTree, n: int, target_logits: torch.Tensor, sampler, buffers: RoundBuffers) -> VerifyResult:
+def accept(tree: DraftTree, n: int, target_logits: torch.Tensor, sampler, buffers: RoundBuffers,
+           requests: torch.Tensor, root_positions: torch.Tensor) -> VerifyResult:
     """The acceptance walk over one verify forward: greedy at temperature 0, otherwise
     lossless sample-and-match with the sampler's uniforms.
 
     target_logits: (B, n + 1, V) fp32 in verify indexing (0 = root, i + 1 = node i).
+    requests: (B,) int64 request indices; root_positions: (B,) int64 absolute positions of
+    the roots (the tree's ``context_lens``). Verify token j samples the token one position
+    after its own, so every node at depth d takes the uniform of position root + d, the one
+    ``ar`` draws for that token: sample-and-match then emits exactly ``ar``'s tokens.
     Returns ``buffers.result`` (accepted_nodes (B, P), accept_len (B,), bonus (B,)).
     """
     if sampler.greedy:
         buffers.target_argmax[:, : n + 1] = target_logits.argmax(-1)
         return ops.verify_greedy(tree, buffers.target_argmax, out=buffers.result)
     buffers.target_probs[:, : n + 1] = sampler.probs(target_logits)
-    sampler.uniforms(buffers.uniforms.shape, out=buffers.uniforms)
+    positions = torch.cat([root_positions[:, None], tree.positions[:, :n]], 1) + 1
+    buffers.uniforms[:, : n + 1] = sampler.uniforms(requests, positions)
     return ops.verify_sample(tree, buffers.target_probs, buffers.uniforms, out=buffers.result)
