@@ -3,17 +3,26 @@
 The decoder calls, once per round::
 
     args = policy.plan(context_lens)                     # host-side, no sync
+    if not any(args.draft): ... a plain step; skip the rest ...
     tree = build_tree(draft_logits, k, policy.max_nodes, **args.kwargs(), context_lens=...)
-    tree = policy.select(tree)                           # batch Bastion: one budget across requests
+    tree = policy.select(tree)                           # batch Bastion: one budget across requests;
+                                                         # requests not drafting: no nodes
+    expected = policy.expected_accept(tree)              # read with the round's one host read
+    policy.judge(n_nodes, expected, context_lens)        # host values: the floor decides next rounds
     ... verify, accept ...
-    policy.observe(surrogate_accept(tree.scores, tree.n_nodes), accept_len)
-    policy.observe_time(...)                             # for each RoundTimer.ready() entry
+    policy.observe(surrogate_accept(tree.scores, tree.n_nodes), accept_len, tree.n_nodes > 0)
+    policy.observe_time(...)                             # for each RoundTimer.ready() entry (0 nodes: a plain step)
 
 ``Fixed(n)`` is DDTree's fixed node budget, ``GreedyStop`` CaDDTree's grow-while-the-estimated-
 speedup-rises and ``Bastion`` the argmax of the estimated speedup over every intermediate
 budget; all three are a cut of the same pop sequence, made inside build_tree. For a batch,
 ``Bastion`` builds every tree to the cap and allocates one node budget across the requests
 (``allocate_batch_budget``), because a batch's verify time depends on its total node count.
+
+The cost-aware policies also keep a speedup floor (``floor.SpeedupFloor``): a request whose
+best tree is not estimated to beat a plain step takes plain steps (``BuildArgs.draft`` is
+False for it; the engine verifies only its root, and skips the drafter when nobody drafts)
+and probes again after waits that double while probes do not pay.
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .floor import SpeedupFloor
 from .latency import LatencyModel
-from .surrogate import AcceptCalibrator
+from .surrogate import AcceptCalibrator, surrogate_accept
 
 
 @dataclass(frozen=True)
@@ -33,13 +43,17 @@ class BuildArgs:
 
     policy: "fixed", "greedy_stop" or "argmax". budgets: (B,) int32, the node count (fixed)
     or the cap. latency_table: (B or 1, max_nodes) fp32 or None (fixed). accept_scale: (B,)
-    fp32 or None.
+    fp32 or None. Not passed to build_tree: draft, B host bools, whether each request drafts
+    this round (False: it takes a plain step); probe, B host bools, whether that draft is a
+    probe after plain steps (or the first round).
     """
 
     policy: str
     budgets: torch.Tensor
     latency_table: torch.Tensor | None = None
     accept_scale: torch.Tensor | None = None
+    draft: tuple[bool, ...] = ()
+    probe: tuple[bool, ...] = ()
 
     def kwargs(self) -> dict:
         return {"policy": self.policy, "budgets": self.budgets, "latency_table": self.latency_table, "accept_scale": self.accept_scale}
@@ -55,7 +69,8 @@ def _batch_size(context_lens) -> int:
 
 
 class Policy(ABC):
-    """Common interface; a policy that learns nothing ignores ``observe`` and ``observe_time``."""
+    """Common interface; a policy that learns nothing ignores ``observe``, ``observe_time`` and
+    ``judge``, and drafts every round."""
 
     def __init__(self, max_nodes: int, device: str | torch.device = "cpu"):
         if not isinstance(max_nodes, int) or not 1 <= max_nodes <= 4096:
@@ -70,18 +85,43 @@ class Policy(ABC):
     def plan(self, context_lens) -> BuildArgs:
         """Build arguments for a round; context_lens: an int or B host ints (root positions)."""
 
+    def _plan_args(self, policy: str, budget: int, batch: int, latency_table=None, accept_scale=None) -> BuildArgs:
+        return BuildArgs(policy, self._budgets(batch, budget), latency_table, accept_scale, *self._decide(batch))
+
+    def _decide(self, batch: int) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+        """This round's (draft, probe) per request: every request drafts, none probes."""
+        return (True,) * batch, (False,) * batch
+
     def select(self, tree):
         """The tree to verify, given the one build_tree returned (the same one by default)."""
         return tree
 
-    def observe(self, predicted: torch.Tensor, accept_len: torch.Tensor) -> None:
-        """Feed a round's uncalibrated surrogate A (B,) fp32 and realized accepted lengths (B,)."""
+    def expected_accept(self, tree) -> torch.Tensor:
+        """(B,) fp32 on the tree's device: the calibrated surrogate A of each tree as cut (0 for
+        a tree of no nodes); device ops only, for the engine's one host read."""
+        return surrogate_accept(tree.scores, tree.n_nodes)
+
+    def judge(self, n_nodes: list[int], expected_accept: list[float], context_lens: list[int]) -> list[float | None]:
+        """Host values of this round (node counts, ``expected_accept``, root positions) -> the
+        estimated speedup of each request's tree over a plain step, None where there is no
+        estimate. Cost-aware policies decide their next rounds from it."""
+        return [None] * len(n_nodes)
+
+    def plain_seconds(self, context_lens: list[int]) -> float | None:
+        """Estimated seconds of a plain step of this batch (None without a latency model)."""
+        return None
+
+    def observe(self, predicted: torch.Tensor, accept_len: torch.Tensor, drafted: torch.Tensor | None = None) -> None:
+        """Feed a round's uncalibrated surrogate A (B,) fp32 and realized accepted lengths (B,);
+        drafted: (B,) bool, the requests that verified a tree (None: all)."""
 
     def observe_time(self, n_nodes: int, context_len: float, seconds: float, batch: int = 1) -> None:
-        """Feed a finished round's measured time (total nodes, mean context length, seconds)."""
+        """Feed a finished round's measured time (total nodes, 0 for a plain step; mean context
+        length; seconds)."""
 
-    def keep_requests(self, rows: torch.Tensor) -> None:
-        """Keep the per-request state of ``rows`` only (int64 indices): finished requests left."""
+    def keep_requests(self, rows) -> None:
+        """Keep the per-request state of ``rows`` only (host ints or an int64 tensor, in the new
+        order): finished requests left. Pass host ints: the floor's state is on the host."""
 
 
 class Fixed(Policy):
@@ -96,16 +136,30 @@ class Fixed(Policy):
         self.n = n
 
     def plan(self, context_lens) -> BuildArgs:
-        return BuildArgs(self.name, self._budgets(_batch_size(context_lens), self.n))
+        return self._plan_args(self.name, self.n, _batch_size(context_lens))
 
 
 class _CostAware(Policy):
-    """A policy that cuts by estimated speedup (1 + accept_scale * A(n)) / T(n)."""
+    """A policy that cuts by estimated speedup (1 + accept_scale * A(n)) / T(n), with the speedup
+    floor unless ``floor`` is False."""
 
-    def __init__(self, latency: LatencyModel, max_nodes: int, batch: int = 1, calibrate: bool = True, device: str | torch.device = "cpu"):
+    def __init__(self, latency: LatencyModel, max_nodes: int, batch: int = 1, calibrate: bool = True,
+                 device: str | torch.device = "cpu", floor: bool = True):
         super().__init__(max_nodes, device)
         self.latency = latency
         self.calibrator = AcceptCalibrator(batch, device=self.device) if calibrate else None
+        self.floor = SpeedupFloor(batch) if floor else None
+        self._draft: tuple[bool, ...] = (True,) * batch  # the last plan's, read by select
+
+    def _decide(self, batch: int) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+        if self.floor is None:
+            decision = super()._decide(batch)
+        else:
+            decision = self.floor.plan()
+            if len(decision[0]) != batch:
+                raise ValueError(f"context_lens has {batch} requests but the policy was made for batch={len(decision[0])}")
+        self._draft = decision[0]
+        return decision
 
     def _accept_scale(self, batch: int) -> torch.Tensor:
         if self.calibrator is None:
@@ -117,23 +171,54 @@ class _CostAware(Policy):
 
     def plan(self, context_lens) -> BuildArgs:
         batch = _batch_size(context_lens)
-        return BuildArgs(
-            self.name,
-            self._budgets(batch, self.max_nodes),
-            self.latency.latency_table(context_lens, self.max_nodes, self.device),
-            self._accept_scale(batch),
-        )
+        return self._plan_args(self.name, self.max_nodes, batch, self.latency.latency_table(context_lens, self.max_nodes, self.device),
+                               self._accept_scale(batch))
 
-    def observe(self, predicted: torch.Tensor, accept_len: torch.Tensor) -> None:
+    def _step_aside(self, tree):
+        """The requests not drafting this round keep no nodes: they verify only their root."""
+        if all(self._draft):
+            return tree
+        drafting = torch.tensor(self._draft, device=tree.device)
+        return tree.cut(torch.where(drafting, tree.n_nodes, 0))
+
+    def select(self, tree):
+        return self._step_aside(tree)
+
+    def expected_accept(self, tree) -> torch.Tensor:
+        return self._accept_scale(tree.batch_size) * surrogate_accept(tree.scores, tree.n_nodes)
+
+    def judge(self, n_nodes: list[int], expected_accept: list[float], context_lens: list[int]) -> list[float | None]:
+        """Request b's estimate: S_b = (1 + A_b) * T_plain(B, c) / T_round(M, c, B), with A_b
+        its calibrated surrogate for the tree this policy chose (its best by its own rule),
+        smoothed over consecutive drafted rounds; M the round's nodes over the batch, c the
+        mean root position; both times modelled and corrected by measured rounds and plain
+        steps. S_b < 1: request b takes plain steps until its next probe (``SpeedupFloor``)."""
+        if self.floor is None:
+            return [None] * len(n_nodes)
+        batch, context = len(n_nodes), sum(context_lens) / len(context_lens)
+        round_s = self.latency.round_estimate(max(sum(n_nodes), 1), context, batch)
+        return self.floor.judge(expected_accept, round_s, self.latency.plain_estimate(context, batch))
+
+    def plain_seconds(self, context_lens: list[int]) -> float:
+        return self.latency.plain_estimate(sum(context_lens) / len(context_lens), len(context_lens))
+
+    def observe(self, predicted: torch.Tensor, accept_len: torch.Tensor, drafted: torch.Tensor | None = None) -> None:
         if self.calibrator is not None:
-            self.calibrator.observe(predicted, accept_len)
+            self.calibrator.observe(predicted, accept_len, drafted)
 
     def observe_time(self, n_nodes: int, context_len: float, seconds: float, batch: int = 1) -> None:
-        self.latency.observe(n_nodes, context_len, seconds, batch)
+        if n_nodes == 0:
+            self.latency.observe_plain(context_len, seconds, batch)
+        else:
+            self.latency.observe(n_nodes, context_len, seconds, batch)
 
-    def keep_requests(self, rows: torch.Tensor) -> None:
+    def keep_requests(self, rows) -> None:
+        host = rows.tolist() if isinstance(rows, torch.Tensor) else list(rows)
+        self._draft = tuple(self._draft[i] for i in host)
+        if self.floor is not None:
+            self.floor.keep(host)
         if self.calibrator is not None:
-            self.calibrator.keep(rows.to(self.device))
+            self.calibrator.keep(torch.as_tensor(rows, dtype=torch.int64, device=self.device))
 
 
 class GreedyStop(_CostAware):
@@ -152,8 +237,9 @@ class Bastion(_CostAware):
 
     name = "argmax"
 
-    def __init__(self, latency: LatencyModel, max_nodes: int, batch: int = 1, calibrate: bool = True, batch_allocation: bool = True, device="cpu"):
-        super().__init__(latency, max_nodes, batch, calibrate, device)
+    def __init__(self, latency: LatencyModel, max_nodes: int, batch: int = 1, calibrate: bool = True, batch_allocation: bool = True,
+                 device="cpu", floor: bool = True):
+        super().__init__(latency, max_nodes, batch, calibrate, device, floor)
         self.batch_allocation = batch_allocation
         self._batch_table = None
         self._batch_scale = None
@@ -164,15 +250,16 @@ class Bastion(_CostAware):
             return super().plan(context_lens)
         self._batch_table = self.latency.batch_latency_table(context_lens, batch * self.max_nodes, self.device)
         self._batch_scale = self._accept_scale(batch)
-        return BuildArgs("fixed", self._budgets(batch, self.max_nodes))
+        return self._plan_args("fixed", self.max_nodes, batch)
 
     def select(self, tree):
-        """Cut a batch built to the cap to the allocated per-request counts (``tree.cut``)."""
-        if self._batch_table is None:
-            return tree
-        counts = allocate_batch_budget(tree.scores, self._batch_table, self._batch_scale)
-        self._batch_table = self._batch_scale = None
-        return tree.cut(counts)
+        """Cut a batch built to the cap to the allocated per-request counts (``tree.cut``), and
+        the requests not drafting this round to no nodes."""
+        if self._batch_table is not None:
+            counts = allocate_batch_budget(tree.scores, self._batch_table, self._batch_scale)
+            self._batch_table = self._batch_scale = None
+            tree = tree.cut(counts)
+        return self._step_aside(tree)
 
 
 def allocate_batch_budget(scores: torch.Tensor, batch_table: torch.Tensor, accept_scale: torch.Tensor | None = None) -> torch.Tensor:

@@ -37,14 +37,15 @@ def surrogate_accept(scores: torch.Tensor, n_nodes: torch.Tensor) -> torch.Tenso
     scores : (B, N) float32
         Log path scores in pop order, -inf past the tree.
     n_nodes : (B,) int32 or int64
-        The cut of each tree, 1..N.
+        The cut of each tree, 0..N (0: a request that verifies only its root this round).
 
     Returns
     -------
     accept : (B,) float32
+        0 where ``n_nodes`` is 0.
     """
     index = (n_nodes.long() - 1).clamp(min=0)[:, None]
-    return surrogate_prefix(scores).gather(1, index)[:, 0]
+    return torch.where(n_nodes > 0, surrogate_prefix(scores).gather(1, index)[:, 0], 0.0)
 
 
 class AcceptCalibrator:
@@ -73,16 +74,22 @@ class AcceptCalibrator:
         """(batch,) fp32: the ``accept_scale`` for build_tree."""
         return (self._realized / self._predicted).clamp(*self.bounds)
 
-    def observe(self, predicted: torch.Tensor, realized: torch.Tensor) -> None:
+    def observe(self, predicted: torch.Tensor, realized: torch.Tensor, drafted: torch.Tensor | None = None) -> None:
         """One round: predicted (B,) fp32 uncalibrated A of the verified trees (surrogate_accept),
-        realized (B,) accepted draft tokens (int or float)."""
+        realized (B,) accepted draft tokens (int or float). drafted: (B,) bool on their device,
+        the requests that verified a tree (None: all); the others' history stays as it was, so
+        a run of plain steps does not decay it away."""
         if predicted.shape != self._predicted.shape or realized.shape != self._predicted.shape:
             raise ValueError(
                 f"predicted and realized must have shape {tuple(self._predicted.shape)}, "
                 f"got {tuple(predicted.shape)} and {tuple(realized.shape)}"
             )
-        self._realized.mul_(self.decay).add_(realized.float())
-        self._predicted.mul_(self.decay).add_(predicted.float())
+        new_realized = self._realized * self.decay + realized.float()
+        new_predicted = self._predicted * self.decay + predicted.float()
+        if drafted is not None:
+            new_realized = torch.where(drafted, new_realized, self._realized)
+            new_predicted = torch.where(drafted, new_predicted, self._predicted)
+        self._realized, self._predicted = new_realized, new_predicted
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only the request slots ``rows`` (int64 indices, in the new order), e.g. when

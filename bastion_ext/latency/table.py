@@ -1,5 +1,6 @@
 """The latency of one whole round, T(n, c) = T_draft + T_aux(n) + T_verify(n, c), corrected
-online, as the table ``build_tree`` and the batch allocator take."""
+online, as the table ``build_tree`` and the batch allocator take; and of one plain step (no
+draft, no tree), which the speedup floor weighs every round against."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class LatencyModel:
     tokens (the root and the nodes). draft_seconds: the drafter's forward, independent of n.
     aux_seconds + aux_per_node_seconds * n: tree build, masks, acceptance walk, bookkeeping.
     correction: the online measured/predicted factors, keyed by the round's total node count.
+    plain_correction: the same for plain steps (a forward of one token per request and the
+    round's bookkeeping, no draft), from measured plain steps.
     """
 
     roofline: RooflineModel
@@ -36,6 +39,7 @@ class LatencyModel:
     aux_seconds: float = 0.0
     aux_per_node_seconds: float = 0.0
     correction: OnlineCorrection = field(default_factory=OnlineCorrection)
+    plain_correction: OnlineCorrection = field(default_factory=OnlineCorrection)
 
     def __post_init__(self):
         for name in ("draft_seconds", "aux_seconds", "aux_per_node_seconds"):
@@ -50,6 +54,23 @@ class LatencyModel:
         n = as_float64(n_nodes, "n_nodes", minimum=1.0)
         verify = self.roofline.forward_seconds(n + batch, context_len, batch)
         return self.draft_seconds + self.aux_seconds + self.aux_per_node_seconds * n + verify
+
+    def round_estimate(self, n_nodes: int, context_len: float, batch: int = 1) -> float:
+        """Seconds of a round with ``n_nodes`` (>= 1) tree nodes over the batch, corrected online."""
+        return float(self.round_seconds(n_nodes, context_len, batch)) * float(self.correction.factors(int(n_nodes))[-1])
+
+    def plain_modelled(self, context_len, batch: int = 1) -> torch.Tensor:
+        """Modelled seconds of a plain step of ``batch`` requests, without the online correction:
+        the round's fixed bookkeeping and a forward of one token per request (float64)."""
+        return self.aux_seconds + self.roofline.forward_seconds(batch, context_len, batch)
+
+    def plain_estimate(self, context_len: float, batch: int = 1) -> float:
+        """Seconds of a plain step of ``batch`` requests at mean context ``context_len``, corrected
+        online from measured plain steps. Before the first one, the factor of the smallest
+        measured rounds stands in: a model that is off by a constant (a slower machine than
+        calibrated) is then off equally for both sides of the floor's comparison."""
+        correction = self.plain_correction if self.plain_correction.log_factors() else self.correction
+        return float(self.plain_modelled(context_len, batch)) * float(correction.factors(1)[0])
 
     def latency_table(self, context_lens, n_max: int, device: str | torch.device = "cpu") -> torch.Tensor:
         """T(n) for n = 1..n_max, corrected online: the ``latency_table`` of build_tree.
@@ -103,3 +124,8 @@ class LatencyModel:
         """Feed one round's measured time (total nodes, mean context) to the online correction."""
         predicted = float(self.round_seconds(n_nodes, context_len, batch))
         self.correction.observe(int(n_nodes), float(measured_seconds), predicted)
+
+    def observe_plain(self, context_len: float, measured_seconds: float, batch: int = 1) -> None:
+        """Feed one plain step's measured time (mean context, batch) to its online correction."""
+        predicted = float(self.plain_modelled(context_len, batch))
+        self.plain_correction.observe(1, float(measured_seconds), predicted)

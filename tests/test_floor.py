@@ -1,0 +1,176 @@
+"""The speedup floor of the cost-aware policies (bastion_ext.floor, bastion_ext.policy): plain
+steps when no tree pays, never when trees do, the probe schedule, the reset on a paying
+probe, and the plain step's cost corrected online from measured plain steps."""
+
+import pytest
+import torch
+
+from bastion_ext import ops
+from bastion_ext.floor import SpeedupFloor
+from bastion_ext.latency import LatencyModel, ModelSpec, RooflineModel
+from bastion_ext.policy import Bastion, Fixed, GreedyStop
+from bastion_ext.surrogate import AcceptCalibrator, surrogate_accept
+
+SMOLLM2 = ModelSpec(30, 576, 9, 3, 64, 1536, 49152, element_bytes=4)
+POSITIONS, VOCAB = 6, 200
+
+
+def latency(draft_seconds):
+    """A 2-core-CPU-like roofline: a plain step ~0.09 s, a few-node verify about the same."""
+    return LatencyModel(RooflineModel(SMOLLM2, peak_flops=90e9, bandwidth=9e9, overhead=0.03), draft_seconds=draft_seconds)
+
+
+def drafter_logits(kinds):
+    """(B, POSITIONS, VOCAB) logits per request: "flat" (every candidate 1/VOCAB: nothing is
+    likely) or "sure" (token 0 at every position with probability ~1: a deep sure path)."""
+    rows = []
+    for kind in kinds:
+        logits = torch.zeros(POSITIONS, VOCAB)
+        if kind == "sure":
+            logits[:, 0] = 30.0
+        rows.append(logits)
+    return torch.stack(rows)
+
+
+def run_rounds(policy, kinds, rounds, context=64):
+    """Drive the policy as the engine does; returns each round's draft mask and estimates."""
+    batch = len(kinds)
+    logits = drafter_logits(kinds)
+    history = []
+    for _ in range(rounds):
+        contexts = [context] * batch
+        args = policy.plan(contexts)
+        tree = policy.select(ops.build_tree(logits, 4, policy.max_nodes, context_lens=contexts, **args.kwargs()))
+        n_nodes = tree.n_nodes.tolist()
+        assert [n > 0 for n in n_nodes] == list(args.draft)  # requests stepping aside verify only their root
+        estimates = policy.judge(n_nodes, policy.expected_accept(tree).tolist(), contexts)
+        history.append((args.draft, args.probe, estimates))
+    return history
+
+
+def drafted_rounds(history, request=0):
+    return [r for r, (draft, _, _) in enumerate(history) if draft[request]]
+
+
+@pytest.mark.parametrize("policy_type", [GreedyStop, Bastion])
+def test_floor_engages_when_no_tree_pays(policy_type):
+    # Drafting costs 0.3 s against a ~0.09 s plain step: only a tree of ~4+ sure tokens pays.
+    policy = policy_type(latency(0.3), 16, batch=2)
+    history = run_rounds(policy, ["flat", "sure"], 40)
+    # The flat drafter: the first round and probes after waits of 4, 8, 16 plain rounds.
+    assert drafted_rounds(history, 0) == [0, 5, 14, 31]
+    assert all(history[r][1][0] for r in drafted_rounds(history, 0))  # each of them a probe
+    assert all(history[r][2][0] < 1 for r in drafted_rounds(history, 0))
+    # The sure drafter beside it keeps drafting every round, and its trees are estimated to pay.
+    assert drafted_rounds(history, 1) == list(range(40))
+    assert all(estimates[1] > 1 for _, _, estimates in history)
+    assert [probe[1] for _, probe, _ in history] == [True] + [False] * 39
+
+
+@pytest.mark.parametrize("policy_type", [GreedyStop, Bastion])
+def test_floor_never_engages_when_trees_pay(policy_type):
+    policy = policy_type(latency(0.01), 16, batch=3)
+    history = run_rounds(policy, ["sure"] * 3, 30)
+    assert all(all(draft) for draft, _, _ in history)
+    # Even a flat drafter pays when drafting is free and a wider verify costs next to nothing.
+    free = policy_type(latency(0.0), 16)
+    assert all(draft[0] for draft, _, _ in run_rounds(free, ["flat"], 10))
+
+
+def test_no_floor_drafts_every_round():
+    policy = Bastion(latency(0.3), 16, floor=False)
+    history = run_rounds(policy, ["flat"], 10)
+    assert all(draft[0] for draft, _, _ in history) and all(e == [None] for _, _, e in history)
+    fixed = Fixed(8).plan([64, 64])
+    assert fixed.draft == (True, True) and fixed.probe == (False, False)
+
+
+def test_backoff_schedule_caps_and_resets_on_a_paying_probe():
+    floor = SpeedupFloor(1, first_wait=2, max_wait=8)
+    paying = {26, 27, 28}  # 2 tokens a round pay for a round of 1.5 plain steps, 1 does not
+    drafted, probes = [], []
+    for r in range(60):
+        draft, probe = floor.plan()
+        if draft[0]:
+            drafted.append(r)
+            floor.judge([1.0 if r in paying else 0.0], 1.5, 1.0)
+        if probe[0]:
+            probes.append(r)
+    # Waits of 2, 4, 8 and 8 (the cap) plain rounds; the probe at 26 pays. When the trees
+    # stop paying (29), the running estimate (2 tokens, then 1.5, 1.25) drops below 1.5 at
+    # round 30, and the waits start again from 2.
+    assert drafted == [0, 3, 8, 17, 26, 27, 28, 29, 30, 33, 38, 47, 56]
+    assert probes == [0, 3, 8, 17, 26, 33, 38, 47, 56]
+
+
+def test_the_running_estimate_smooths_one_bad_round():
+    floor = SpeedupFloor(1)
+    floor.plan()
+    assert floor.judge([3.0], 2.0, 1.0) == [pytest.approx(2.0)]
+    floor.plan()
+    # One round the drafter is unsure (A = 0.2): the running estimate (4 + 1.2) / 2 still pays.
+    assert floor.judge([0.2], 2.0, 1.0) == [pytest.approx(1.3)]
+    assert floor.plan()[0] == (True,)
+
+
+def test_plain_and_round_costs_are_corrected_from_measurements():
+    model = latency(0.05)
+    modelled_plain = float(model.plain_modelled(64))
+    # Before any plain step is measured, the smallest rounds' correction stands in for it.
+    assert model.plain_estimate(64) == pytest.approx(modelled_plain)
+    for _ in range(5):
+        model.observe(1, 64, 2 * float(model.round_seconds(1, 64)))
+    assert model.plain_estimate(64) == pytest.approx(2 * modelled_plain, rel=1e-6)
+    assert model.round_estimate(1, 64) == pytest.approx(2 * float(model.round_seconds(1, 64)), rel=1e-6)
+    # Then measured plain steps take over.
+    policy = Bastion(model, 16)
+    for _ in range(5):
+        policy.observe_time(0, 64, 0.5 * modelled_plain)
+    assert policy.plain_seconds([64]) == pytest.approx(0.5 * modelled_plain, rel=1e-6)
+
+
+def test_floor_follows_the_measured_costs():
+    # The model thinks drafting is free, so the flat drafter's one-node trees pay ...
+    policy = GreedyStop(latency(0.0), 16)
+    assert all(draft[0] for draft, _, _ in run_rounds(policy, ["flat"], 3))
+    # ... until measured rounds turn out three times a measured plain step.
+    plain = float(policy.latency.plain_modelled(64))
+    for _ in range(4):
+        policy.observe_time(0, 64, plain)
+        policy.observe_time(1, 64, 3 * plain)
+    history = run_rounds(policy, ["flat"], 6)
+    assert history[0][2][0] < 0.5 and drafted_rounds(history) == [0, 5]
+
+
+def test_requests_leaving_keep_the_floor_state_of_the_others():
+    policy = GreedyStop(latency(0.3), 16, batch=3)
+    run_rounds(policy, ["flat", "sure", "flat"], 1)
+    policy.keep_requests([1, 2])
+    assert policy.plan([64, 64]).draft == (True, False)
+    policy.keep_requests(torch.tensor([1]))
+    assert policy.plan([64]).draft == (False,)
+
+
+def test_plain_rows_leave_the_calibration_alone():
+    calibrator = AcceptCalibrator(2)
+    calibrator.observe(torch.tensor([2.0, 2.0]), torch.tensor([1, 1]))
+    before = calibrator.scale.clone()
+    for _ in range(20):
+        calibrator.observe(torch.tensor([0.0, 2.0]), torch.tensor([0, 1]), torch.tensor([False, True]))
+    assert float(calibrator.scale[0]) == pytest.approx(float(before[0]))
+    assert float(calibrator.scale[1]) < float(before[1])
+    tree = ops.build_tree(drafter_logits(["sure", "sure"]), 4, 8, policy="fixed", budgets=[8, 8])
+    cut = tree.cut(torch.tensor([0, 8], dtype=torch.int32))
+    assert surrogate_accept(cut.scores, cut.n_nodes)[0] == 0.0
+    assert int(cut.first_child[0, 0]) == -1  # the walk stops at the root: a plain step
+
+
+def test_bad_floor_arguments_raise_value_error():
+    with pytest.raises(ValueError, match="first_wait"):
+        SpeedupFloor(1, first_wait=0)
+    with pytest.raises(ValueError, match="smoothing"):
+        SpeedupFloor(1, smoothing=1.0)
+    with pytest.raises(ValueError, match="expected_accept"):
+        SpeedupFloor(2).judge([0.0], 1.0, 1.0)
+    with pytest.raises(ValueError, match="context_lens"):
+        GreedyStop(latency(0.0), 8, batch=2, calibrate=False).plan([64, 64, 64])
