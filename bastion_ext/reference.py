@@ -241,28 +241,26 @@ def verify_greedy_ref(tree: DraftTree, target_argmax: torch.Tensor) -> VerifyRes
     return _walk_all_ref(tree, lambda b, j: int(target[b, j]))
 
 
-def sample_inverse_cdf_ref(target_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF samples: the smallest v with cumsum(p)[v] > u (docs/ops.md, verify_sample).
+def sample_inverse_cdf_ref(p: torch.Tensor, u: float) -> int:
+    """Inverse-CDF sample of one row: the smallest v with cumsum(p)[v] > u, clamped to the
+    last token of positive probability (docs/ops.md, verify_sample).
 
-    target_probs: (B, M, V) fp32, rows summing to 1; uniforms: (B, M) fp32 in [0, 1).
-    Returns (B, M) int64.
+    p: (V,) fp32 summing to 1 with an entry > 0; u: in [0, 1).
     """
-    batch, rows, vocab = target_probs.shape
-    out = torch.zeros((batch, rows), dtype=torch.int64)
-    for b in range(batch):
-        for j in range(rows):
-            p = target_probs[b, j].float()
-            cdf = torch.cumsum(p, 0)
-            above = (cdf > uniforms[b, j]).nonzero()
-            last_positive = int((p > 0).nonzero().max())
-            v = int(above[0]) if len(above) else last_positive
-            out[b, j] = min(v, last_positive)
-    return out
+    cdf = torch.cumsum(p.float(), 0)
+    above = (cdf > u).nonzero()
+    last_positive = int((p > 0).nonzero().max())
+    return min(int(above[0]) if len(above) else last_positive, last_positive)
 
 
 def verify_sample_ref(tree: DraftTree, target_probs: torch.Tensor, uniforms: torch.Tensor) -> VerifyResult:
-    """Reference ``verify_sample``: sample every verify token, then walk as greedy."""
-    return verify_greedy_ref(tree, sample_inverse_cdf_ref(target_probs.cpu(), uniforms.cpu()))
+    """Reference ``verify_sample``: the walk of ``verify_greedy`` with each visited verify
+    token's target sampled from its row (rows the walk never visits are never read).
+
+    target_probs: (B, N + 1, V) fp32; uniforms: (B, N + 1) fp32 in [0, 1).
+    """
+    probs, unif = target_probs.cpu(), uniforms.cpu()
+    return _walk_all_ref(tree, lambda b, j: sample_inverse_cdf_ref(probs[b, j], float(unif[b, j])))
 
 
 def tree_verify_mask_ref(ancestor_bits: torch.Tensor, cache_len: int, kv_len: int | None = None) -> torch.Tensor:

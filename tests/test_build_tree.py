@@ -5,10 +5,10 @@ import math
 import pytest
 import op_calls
 import torch
-from tree_cases import assert_same_tree, random_case
+from tree_cases import assert_same_tree, assert_tree_invariants, random_case
 
 from bastion_ext import ops
-from bastion_ext.reference import ancestor_mask_ref, build_tree_ref
+from bastion_ext.reference import build_tree_ref
 from bastion_ext.tree import DraftTree
 
 CASES_PER_CHUNK = 125
@@ -57,23 +57,7 @@ def test_all_equal_logits_break_ties_by_token_then_push_order():
 def test_tree_invariants(seed):
     case = random_case(10_000 + seed)
     tree = op_calls.build_tree(case.draft_logits, case.k, case.max_nodes, **case.op_kwargs())
-    for b in range(tree.batch_size):
-        n = int(tree.n_nodes[b])
-        parents = tree.parents[b, :n].tolist()
-        depth = tree.depth[b, :n].tolist()
-        scores = tree.scores[b, :n].tolist()
-        assert 1 <= n <= int(case.budgets[b])
-        for i, p in enumerate(parents):
-            assert -1 <= p < i, "a parent pops before its child (prefix-closed)"
-            assert depth[i] == (1 if p < 0 else depth[p] + 1)
-        assert all(scores[i] >= scores[i + 1] for i in range(n - 1)), "scores non-increasing in pop order"
-        assert tree.positions[b, :n].tolist() == [int(case.context_lens[b]) + d for d in depth]
-        assert torch.equal(tree.dense_mask()[b, :n, :n], ancestor_mask_ref(parents))
-        # Padding values past the cut.
-        assert (tree.tokens[b, n:] == -1).all() and (tree.parents[b, n:] == -1).all()
-        assert (tree.depth[b, n:] == 0).all() and (tree.positions[b, n:] == -1).all()
-        assert (tree.scores[b, n:] == -math.inf).all() and (tree.ancestor_bits[b, n:] == 0).all()
-        assert (tree.first_child[b, n + 1 :] == -1).all() and (tree.next_sibling[b, n:] == -1).all()
+    assert_tree_invariants(tree, case.budgets.tolist(), case.context_lens.tolist())
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bastion_ext.reference import ancestor_mask_ref
 from bastion_ext.tree import DraftTree, VerifyResult
 
 
@@ -114,3 +115,26 @@ def assert_same_walk(got: VerifyResult, want: VerifyResult, label: str = "") -> 
         g, w = getattr(got, name).cpu(), getattr(want, name).cpu()
         assert torch.equal(g, w), f"{label}: {name}: got {g.tolist()}, want {w.tolist()}"
 
+
+
+def assert_tree_invariants(tree: DraftTree, budgets: list[int], context_lens: list[int]) -> None:
+    """What every tree must satisfy whatever its logits: 1 <= n <= budget, parents pop before
+    their children, depths and positions follow the parents, scores never increase, the
+    mask is the ancestor relation, and every element past the cut holds its padding value."""
+    for b in range(tree.batch_size):
+        n = int(tree.n_nodes[b])
+        parents = tree.parents[b, :n].tolist()
+        depth = tree.depth[b, :n].tolist()
+        scores = tree.scores[b, :n].tolist()
+        assert 1 <= n <= budgets[b]
+        for i, p in enumerate(parents):
+            assert -1 <= p < i, "a parent pops before its child (prefix-closed)"
+            assert depth[i] == (1 if p < 0 else depth[p] + 1)
+        assert all(scores[i] >= scores[i + 1] for i in range(n - 1)), "scores non-increasing in pop order"
+        assert tree.positions[b, :n].tolist() == [context_lens[b] + d for d in depth]
+        assert torch.equal(tree.dense_mask()[b, :n, :n], ancestor_mask_ref(parents))
+        # Padding values past the cut.
+        assert (tree.tokens[b, n:] == -1).all() and (tree.parents[b, n:] == -1).all()
+        assert (tree.depth[b, n:] == 0).all() and (tree.positions[b, n:] == -1).all()
+        assert (tree.scores[b, n:] == -math.inf).all() and (tree.ancestor_bits[b, n:] == 0).all()
+        assert (tree.first_child[b, n + 1 :] == -1).all() and (tree.next_sibling[b, n:] == -1).all()
