@@ -3,6 +3,11 @@ and paths before the model loads, every prompt before the first forward, ``--out
 only by a complete result (issue 19)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,7 @@ import bastion.models
 from bastion.cli import main
 from bastion.models import embedded_gguf_path
 
+ROOT = Path(__file__).resolve().parents[1]
 OLD = "".join(json.dumps({"old": i}) + "\n" for i in range(5))
 
 
@@ -120,3 +126,15 @@ def test_a_failed_run_keeps_out_and_its_finished_results(embedded, monkeypatch, 
     assert out.read_text() == OLD
     assert [json.loads(line)["prompt"] for line in Path(f"{out}.partial").read_text().splitlines()] == ["Say hi."]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "res.jsonl", "res.jsonl.partial"]
+
+
+@pytest.mark.parametrize("delay", [1.0, 6.0], ids=["importing", "loading"])
+def test_ctrl_c_prints_one_line_and_exits_130(delay):
+    """SIGINT while torch imports (before ``main`` runs) or while the model loads."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), str(ROOT)]), HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "bastion", "generate", "hi", "--strategy", "ar"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip() == "bastion: interrupted"

@@ -1,11 +1,20 @@
-"""``python -m bastion``: the same as the ``bastion`` command."""
+"""``python -m bastion`` and the ``bastion`` command (``run``)."""
 
 import sys
 
-try:
-    from bastion.cli import main
-except KeyboardInterrupt:  # Ctrl-C while torch and transformers import: no traceback
-    print("bastion: interrupted", file=sys.stderr)
-    sys.exit(130)
+from bastion.cli_support import EXIT_INTERRUPTED  # light: no torch
 
-sys.exit(main())
+
+def run() -> int:
+    """The command's entry point: ``bastion.cli.main``, imported here so that a Ctrl-C while
+    torch and transformers import (seconds) ends with one line, not a traceback."""
+    try:
+        from bastion.cli import main
+    except KeyboardInterrupt:
+        print("bastion: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -10,14 +10,13 @@ import sys
 
 from bastion_ext.ops import MAX_K, MAX_NODES
 
-from .cli_support import UserError, check_latency_path, int_list, load_models
+from .cli_support import EXIT_INTERRUPTED, UserError, check_latency_path, int_list, load_models
 from .dtypes import CHOICES as DTYPES
 from .engine.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
 from .engine.strategies import DEFAULT_TOPK, STRATEGIES
 from .outputs import AtomicLines, check_writable
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 def positive_int(text: str) -> int:

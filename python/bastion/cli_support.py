@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+
 
 class UserError(Exception):
     """A mistake in what the user asked for: reported as one line, never a traceback."""
