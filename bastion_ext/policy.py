@@ -8,7 +8,8 @@ The decoder calls, once per round::
     tree = policy.select(tree)                           # batch Bastion: one budget across requests;
                                                          # requests not drafting: no nodes
     expected = policy.expected_accept(tree)              # read with the round's one host read
-    policy.judge(n_nodes, expected, context_lens)        # host values: the floor decides next rounds
+    policy.judge(n_nodes, expected, accepted, context_lens)  # host values, every round (plain ones
+                                                         # too): the floor decides the next rounds
     ... verify, accept ...
     policy.observe(surrogate_accept(tree.scores, tree.n_nodes), accept_len, tree.n_nodes > 0)
     policy.observe_time(...)                             # for each RoundTimer.ready() entry (0 nodes: a plain step)
@@ -101,10 +102,12 @@ class Policy(ABC):
         a tree of no nodes); device ops only, for the engine's one host read."""
         return surrogate_accept(tree.scores, tree.n_nodes)
 
-    def judge(self, n_nodes: list[int], expected_accept: list[float], context_lens: list[int]) -> list[float | None]:
-        """Host values of this round (node counts, ``expected_accept``, root positions) -> the
-        estimated speedup of each request's tree over a plain step, None where there is no
-        estimate. Cost-aware policies decide their next rounds from it."""
+    def judge(self, n_nodes: list[int], expected_accept: list[float], accepted: list[int],
+              context_lens: list[int]) -> list[float | None]:
+        """Host values of this round, every round: node counts (0 for a request not drafting),
+        ``expected_accept``, the accepted draft tokens of each request's previous round, root
+        positions -> the estimated speedup of each request's tree over a plain step, None
+        where there is no estimate. Cost-aware policies decide their next rounds from it."""
         return [None] * len(n_nodes)
 
     def plain_seconds(self, context_lens: list[int]) -> float | None:
@@ -187,17 +190,22 @@ class _CostAware(Policy):
     def expected_accept(self, tree) -> torch.Tensor:
         return self._accept_scale(tree.batch_size) * surrogate_accept(tree.scores, tree.n_nodes)
 
-    def judge(self, n_nodes: list[int], expected_accept: list[float], context_lens: list[int]) -> list[float | None]:
-        """Request b's estimate: S_b = (1 + A_b) * T_plain(B, c) / T_round(M, c, B), with A_b
-        its calibrated surrogate for the tree this policy chose (its best by its own rule),
-        smoothed over consecutive drafted rounds; M the round's nodes over the batch, c the
-        mean root position; both times modelled and corrected by measured rounds and plain
-        steps. S_b < 1: request b takes plain steps until its next probe (``SpeedupFloor``)."""
+    def judge(self, n_nodes: list[int], expected_accept: list[float], accepted: list[int],
+              context_lens: list[int]) -> list[float | None]:
+        """Request b's estimate: S_b = (1 + A_b * r_b) * T_plain(B, c) / T_round(M, c, B), with
+        A_b its calibrated surrogate for the tree this policy chose (its best by its own rule),
+        smoothed over consecutive drafted rounds, and r_b the floor's fast correction from
+        realised accepted lengths; M the round's nodes over the batch, c the mean root
+        position; both times modelled and corrected by measured rounds and plain steps.
+        S_b < 1: request b takes plain steps until its next probe (``SpeedupFloor``)."""
         if self.floor is None:
             return [None] * len(n_nodes)
-        batch, context = len(n_nodes), sum(context_lens) / len(context_lens)
-        round_s = self.latency.round_estimate(max(sum(n_nodes), 1), context, batch)
-        return self.floor.judge(expected_accept, round_s, self.latency.plain_estimate(context, batch))
+        round_s = plain_s = 1.0  # unused when nobody drafts: the round only brings outcomes
+        if self.floor.drafting:
+            batch, context = len(n_nodes), sum(context_lens) / len(context_lens)
+            round_s = self.latency.round_estimate(max(sum(n_nodes), 1), context, batch)
+            plain_s = self.latency.plain_estimate(context, batch)
+        return self.floor.judge(expected_accept, accepted, round_s, plain_s)
 
     def plain_seconds(self, context_lens: list[int]) -> float:
         return self.latency.plain_estimate(sum(context_lens) / len(context_lens), len(context_lens))

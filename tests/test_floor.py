@@ -32,18 +32,24 @@ def drafter_logits(kinds):
     return torch.stack(rows)
 
 
+# What a tree of each kind of drafter accepts (the flat one: nothing; the sure one: its path).
+REALISED = {"flat": 0, "sure": POSITIONS}
+
+
 def run_rounds(policy, kinds, rounds, context=64):
     """Drive the policy as the engine does; returns each round's draft mask and estimates."""
     batch = len(kinds)
     logits = drafter_logits(kinds)
     history = []
+    accepted = [0] * batch  # of each request's previous round
     for _ in range(rounds):
         contexts = [context] * batch
         args = policy.plan(contexts)
         tree = policy.select(ops.build_tree(logits, 4, policy.max_nodes, context_lens=contexts, **args.kwargs()))
         n_nodes = tree.n_nodes.tolist()
         assert [n > 0 for n in n_nodes] == list(args.draft)  # requests stepping aside verify only their root
-        estimates = policy.judge(n_nodes, policy.expected_accept(tree).tolist(), contexts)
+        estimates = policy.judge(n_nodes, policy.expected_accept(tree).tolist(), accepted, contexts)
+        accepted = [REALISED[kind] if n else 0 for kind, n in zip(kinds, n_nodes)]
         history.append((args.draft, args.probe, estimates))
     return history
 
@@ -72,9 +78,7 @@ def test_floor_never_engages_when_trees_pay(policy_type):
     policy = policy_type(latency(0.01), 16, batch=3)
     history = run_rounds(policy, ["sure"] * 3, 30)
     assert all(all(draft) for draft, _, _ in history)
-    # Even a flat drafter pays when drafting is free and a wider verify costs next to nothing.
-    free = policy_type(latency(0.0), 16)
-    assert all(draft[0] for draft, _, _ in run_rounds(free, ["flat"], 10))
+    assert all(estimate > 1 for _, _, estimates in history for estimate in estimates)
 
 
 def test_no_floor_drafts_every_round():
@@ -89,11 +93,14 @@ def test_backoff_schedule_caps_and_resets_on_a_paying_probe():
     floor = SpeedupFloor(1, first_wait=2, max_wait=8)
     paying = {26, 27, 28}  # 2 tokens a round pay for a round of 1.5 plain steps, 1 does not
     drafted, probes = [], []
+    accepted = 0  # a calibrated drafter: each tree accepts what it was expected to
     for r in range(60):
         draft, probe = floor.plan()
+        expected = 1.0 if r in paying else 0.0
+        floor.judge([expected], [accepted], 1.5, 1.0)
+        accepted = int(expected) if draft[0] else 0
         if draft[0]:
             drafted.append(r)
-            floor.judge([1.0 if r in paying else 0.0], 1.5, 1.0)
         if probe[0]:
             probes.append(r)
     # Waits of 2, 4, 8 and 8 (the cap) plain rounds; the probe at 26 pays. When the trees
@@ -106,11 +113,28 @@ def test_backoff_schedule_caps_and_resets_on_a_paying_probe():
 def test_the_running_estimate_smooths_one_bad_round():
     floor = SpeedupFloor(1)
     floor.plan()
-    assert floor.judge([3.0], 2.0, 1.0) == [pytest.approx(2.0)]
+    assert floor.judge([3.0], [0], 2.0, 1.0) == [pytest.approx(2.0)]
     floor.plan()
-    # One round the drafter is unsure (A = 0.2): the running estimate (4 + 1.2) / 2 still pays.
-    assert floor.judge([0.2], 2.0, 1.0) == [pytest.approx(1.3)]
+    # One round the drafter is unsure (A = 0.2) after a tree that accepted its 3 expected
+    # tokens: the running estimate 1 + (3 + 0.2) / 2 still pays for a round of 2 steps.
+    assert floor.judge([0.2], [3], 2.0, 1.0) == [pytest.approx(1.3)]
     assert floor.plan()[0] == (True,)
+
+
+def test_a_confident_wrong_drafter_is_caught_by_its_outcomes():
+    floor = SpeedupFloor(1)
+    drafted = []
+    accepted = 0
+    for r in range(10):
+        draft, _ = floor.plan()
+        # Every tree expects 3 accepted tokens (the calibrated surrogate) and accepts none.
+        floor.judge([3.0], [accepted], 1.5, 1.0)
+        accepted = 0
+        if draft[0]:
+            drafted.append(r)
+    # Round 0 looks good (4 tokens for 1.5 steps); its outcome (nothing) arrives in round 1
+    # and r = (0.25 + 0) / (0.25 + 3) stops the drafting there.
+    assert drafted == [0, 1, 6]
 
 
 def test_plain_and_round_costs_are_corrected_from_measurements():
@@ -171,6 +195,8 @@ def test_bad_floor_arguments_raise_value_error():
     with pytest.raises(ValueError, match="smoothing"):
         SpeedupFloor(1, smoothing=1.0)
     with pytest.raises(ValueError, match="expected_accept"):
-        SpeedupFloor(2).judge([0.0], 1.0, 1.0)
+        SpeedupFloor(2).judge([0.0], [0, 0], 1.0, 1.0)
+    with pytest.raises(ValueError, match="prior"):
+        SpeedupFloor(1, prior=0.0)
     with pytest.raises(ValueError, match="context_lens"):
         GreedyStop(latency(0.0), 8, batch=2, calibrate=False).plan([64, 64, 64])
