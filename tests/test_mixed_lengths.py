@@ -1,6 +1,7 @@
 """Prompts of different lengths decode together without reading memory nobody wrote (issue
-19, finding 1): with every Python-side ``torch.empty`` poisoned with NaN, a ragged batch in
-fp32 and bf16 decodes without error, and in fp32 each request's tokens are its batch-1 ar's."""
+19, finding 1): with every Python-side ``torch.empty`` poisoned with NaN, a ragged batch (1 to
+~200 tokens) decodes with every strategy in fp32 and bf16 without error, and in fp32 each
+request's tokens are its batch-1 ar's."""
 
 import copy
 
@@ -9,7 +10,9 @@ import torch
 
 from conftest import chat_ids
 
-from bastion.engine import GenerationConfig, generate, generate_batch
+from bastion.engine import STRATEGIES, GenerationConfig, generate, generate_batch
+
+TOKENS = 6
 
 
 @pytest.fixture
@@ -29,19 +32,22 @@ def nan_empty(monkeypatch):
 
 @pytest.mark.model
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_a_ragged_batch_reads_no_unwritten_memory(smollm2, nan_empty, dtype):
+def test_a_ragged_batch_reads_no_unwritten_memory(smollm2, cpu_latency, nan_empty, dtype):
     from bastion.drafter import load_drafter
 
     model, tokenizer = smollm2
     if dtype != model.dtype:
         model = copy.deepcopy(model).to(dtype)
     drafter = load_drafter(None, model)
-    long = chat_ids(tokenizer, "Write a haiku about rain, with vivid imagery and a surprising last line.")
-    prompts = [long, long[:5], tokenizer("Hello", add_special_tokens=False)["input_ids"], long[:17]]
-    config = GenerationConfig(strategy="ddtree", max_new_tokens=6, stop_on_eos=False, budget=8)
-    for batch in (2, 4):
-        results = generate_batch(model, prompts[:batch], config, drafter=drafter)
-        assert all(len(r.tokens) == 6 for r in results)
-        if dtype == torch.float32:  # bf16 rounds batched and single forwards differently
-            ar = GenerationConfig(strategy="ar", max_new_tokens=6, stop_on_eos=False)
-            assert [r.tokens for r in results] == [generate(model, p, ar).tokens for p in prompts[:batch]]
+    chat = chat_ids(tokenizer, "Write a haiku about rain, with vivid imagery and a surprising last line.")
+    long = tokenizer("The rain falls softly on the old stone bridge. " * 20, add_special_tokens=False)["input_ids"]
+    prompts = [chat, chat[:1], long[:200], tokenizer("Hello", add_special_tokens=False)["input_ids"]]
+    ar = GenerationConfig(strategy="ar", max_new_tokens=TOKENS, stop_on_eos=False)
+    singles = [generate(model, p, ar).tokens for p in prompts]
+    for strategy in STRATEGIES:
+        config = GenerationConfig(strategy=strategy, max_new_tokens=TOKENS, stop_on_eos=False, budget=8)
+        for batch in (2, 4):
+            results = generate_batch(model, prompts[:batch], config, drafter=drafter, latency=cpu_latency)
+            assert all(len(r.tokens) == TOKENS for r in results), f"{strategy} at batch {batch}"
+            if dtype == torch.float32:  # bf16 rounds batched and single forwards differently
+                assert [r.tokens for r in results] == singles[:batch], f"{strategy} at batch {batch}"
