@@ -138,3 +138,15 @@ def test_ctrl_c_prints_one_line_and_exits_130(delay):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip() == "bastion: interrupted"
+
+
+def test_calibrate_out_is_checked_before_the_model_loads(no_model, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert run_main(["calibrate", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert run_main(["calibrate", "--out", str(blocker / "sub" / "lat.json")]) == 2
+    assert "not writable" in capsys.readouterr().err
+    # A directory still to be made is fine: the model load comes next (and fails here on purpose).
+    assert run_main(["calibrate", "--out", str(tmp_path / "new" / "dir" / "lat.json")]) == 2
+    assert "the model was loaded before the options were checked" in capsys.readouterr().err

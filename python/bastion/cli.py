@@ -247,7 +247,7 @@ def cmd_calibrate(args) -> int:
     from .calibrate import calibrate, default_path, save
 
     if args.out:
-        check_writable(args.out, "--out")
+        check_writable(args.out, "--out", make_parents=True)  # save() makes the directories
     model, _, drafter = load_models(args, need_drafter=True)
     result = calibrate(model, drafter, int_list(args.ns, "--ns"), int_list(args.cs, "--cs"), repeats=args.repeats)
     result.pop("runs")  # a deliberate calibration is final: later runs use it as it is

@@ -11,18 +11,21 @@ from pathlib import Path
 from .cli_support import UserError
 
 
-def check_writable(path: str, option: str, source: str | None = None) -> None:
+def check_writable(path: str, option: str, source: str | None = None, make_parents: bool = False) -> None:
     """UserError naming ``option`` unless ``path`` can be written as a file: not a directory,
-    its directory exists and is writable, and not the same file as ``source`` (an input)."""
+    not the same file as ``source`` (an input), its directory writable, and existing unless
+    ``make_parents`` (then its nearest existing ancestor must be writable)."""
     target = Path(path)
     if target.is_dir():
         raise UserError(f"{option} {path!r} is a directory; give a file path")
     if source is not None and target.exists() and os.path.samefile(target, source):
         raise UserError(f"{option} {path!r} is the input file itself; give another path")
     parent = target.resolve().parent
-    if not parent.is_dir():
+    if not parent.is_dir() and not make_parents:
         raise UserError(f"{option} {path!r}: directory {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise UserError(f"{option} {path!r}: not writable")
 
 
