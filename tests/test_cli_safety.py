@@ -140,6 +140,17 @@ def test_ctrl_c_prints_one_line_and_exits_130(delay):
     assert proc.returncode == 130 and err.strip() == "bastion: interrupted"
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--budgets", "4,100000"], "--budgets must be integers <= 4096, got '4,100000'"),
+    (["bench", "--batch-sizes", "0"], "--batch-sizes must be integers >= 1"),
+    (["bench", "--latency", "/no/such/latency.json"], "--latency '/no/such/latency.json' does not exist"),
+    (["calibrate", "--ns", "2,5000"], "--ns must be integers <= 4097"),
+])
+def test_bench_and_calibrate_options_fail_before_the_model_loads(no_model, capsys, argv, message):
+    assert run_main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_calibrate_out_is_checked_before_the_model_loads(no_model, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from bastion_ext.ops import MAX_NODES
 
 from .engine import GenerationConfig, generate_batch
 from .models import chat_prompt_ids
@@ -109,7 +110,8 @@ def run_bench(args) -> int:
     bad = sorted(set(strategies) - set(STRATEGIES))
     if bad:
         raise UserError(f"--strategies: unknown {bad}; choose from {', '.join(STRATEGIES)}")
-    budgets = int_list(args.budgets, "--budgets")
+    budgets = int_list(args.budgets, "--budgets", MAX_NODES)
+    batch_sizes = int_list(args.batch_sizes, "--batch-sizes")
     check_latency_path(args.latency)
     model, tokenizer, drafter = load_models(args, need_drafter=any(s != "ar" for s in strategies))
     latency = None
@@ -117,7 +119,6 @@ def run_bench(args) -> int:
         latency = load_or_calibrate(model, drafter, args.latency, log=lambda m: print(m, file=sys.stderr))
     prompts = [row for c in categories for row in [r for r in rows if r["category"] == c][: args.prompts_per_category]]
     runs = _runs(strategies, budgets, args.per_request)
-    batch_sizes = int_list(args.batch_sizes, "--batch-sizes")
     hf = [("hf_generate", False), ("hf_prompt_lookup", True)] if args.hf_baselines else []
     eos = tokenizer.eos_token_id
     out_dir = Path(args.out)

@@ -248,8 +248,9 @@ def cmd_calibrate(args) -> int:
 
     if args.out:
         check_writable(args.out, "--out", make_parents=True)  # save() makes the directories
+    ns, cs = int_list(args.ns, "--ns", MAX_NODES + 1), int_list(args.cs, "--cs")  # n verify tokens: root + n - 1 nodes
     model, _, drafter = load_models(args, need_drafter=True)
-    result = calibrate(model, drafter, int_list(args.ns, "--ns"), int_list(args.cs, "--cs"), repeats=args.repeats)
+    result = calibrate(model, drafter, ns, cs, repeats=args.repeats)
     result.pop("runs")  # a deliberate calibration is final: later runs use it as it is
     path = save(result, args.out or default_path(model))
     fit = result["roofline"]

@@ -13,13 +13,16 @@ class UserError(Exception):
     """A mistake in what the user asked for: reported as one line, never a traceback."""
 
 
-def int_list(text: str, name: str) -> list[int]:
+def int_list(text: str, name: str, limit: int | None = None) -> list[int]:
+    """The comma-separated integers of option ``name``, each in 1..limit (no upper bound if None)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{name} must be comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
         raise UserError(f"{name} must be integers >= 1, got {text!r}")
+    if limit is not None and max(values) > limit:
+        raise UserError(f"{name} must be integers <= {limit}, got {text!r}")
     return values
 
 
