@@ -19,7 +19,7 @@ from bastion_ext.ops import MAX_NODES
 
 from .engine import GenerationConfig, generate_batch
 from .models import chat_prompt_ids
-from .prompts import load_prompt_file, load_prompts
+from .prompts import load_prompts
 
 HF_PROMPT_LOOKUP_TOKENS = 10
 
@@ -93,12 +93,9 @@ def run_bench(args) -> int:
     from tqdm import tqdm
 
     from .calibrate import load_or_calibrate
-    from .cli_support import UserError, check_latency_path, int_list, load_models
+    from .cli_support import UserError, check_latency_path, int_list, load_models, load_prompt_rows
 
-    try:
-        rows = load_prompt_file(args.prompts) if args.prompts else load_prompts("eval")
-    except OSError as err:
-        raise UserError(f"--prompts: cannot read {args.prompts!r}: {err.strerror or err}") from None
+    rows = load_prompt_rows(args.prompts) if args.prompts else load_prompts("eval")
     known = list(dict.fromkeys(r["category"] for r in rows))
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else known
     unknown = sorted(set(categories) - set(known))

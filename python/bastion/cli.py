@@ -10,7 +10,7 @@ import sys
 
 from bastion_ext.ops import MAX_K, MAX_NODES
 
-from .cli_support import EXIT_INTERRUPTED, UserError, check_latency_path, int_list, load_models
+from .cli_support import EXIT_INTERRUPTED, UserError, check_latency_path, int_list, load_models, load_prompt_rows
 from .dtypes import CHOICES as DTYPES
 from .engine.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
 from .engine.strategies import DEFAULT_TOPK, STRATEGIES
@@ -121,15 +121,6 @@ def format_summary(name: str, summary: dict) -> str:
     return line
 
 
-def _load_prompt_rows(path: str) -> list[dict]:
-    from .prompts import load_prompt_file
-
-    try:
-        return load_prompt_file(path)
-    except OSError as err:
-        raise UserError(f"--prompts: cannot read {path!r}: {err.strerror or err}") from None
-
-
 class _Stdout:
     """stdout with ``AtomicLines``' interface (nothing to protect)."""
 
@@ -188,7 +179,7 @@ def cmd_generate(args) -> int:
     if args.prompts is None and (args.batch_size != 1 or args.out):
         raise UserError("--batch-size and --out go with --prompts FILE")
     # Everything the user gave is checked before the model loads (seconds to minutes).
-    rows = _load_prompt_rows(args.prompts) if args.prompts is not None else None
+    rows = load_prompt_rows(args.prompts) if args.prompts is not None else None
     if args.out:
         check_writable(args.out, "--out", source=args.prompts)
     if args.records:

@@ -26,6 +26,17 @@ def int_list(text: str, name: str, limit: int | None = None) -> list[int]:
     return values
 
 
+def load_prompt_rows(path: str) -> list[dict]:
+    """The rows of the ``--prompts`` file (``prompts.load_prompt_file``), an unreadable file
+    a UserError."""
+    from .prompts import load_prompt_file
+
+    try:
+        return load_prompt_file(path)
+    except OSError as err:
+        raise UserError(f"--prompts: cannot read {path!r}: {err.strerror or err}") from None
+
+
 def check_latency_path(path: str | None) -> None:
     """An explicit ``--latency`` must exist: a mistyped path would otherwise start a
     minutes-long calibration and save it there."""
