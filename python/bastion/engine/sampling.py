@@ -8,8 +8,9 @@ import torch
 
 from .uniforms import counter_uniforms
 
-# Below MIN_TEMPERATURE, logits / T can overflow fp32 to inf and the softmax to NaN (use 0 for
-# greedy); above MAX_TEMPERATURE the distribution is uniform noise to fp32 precision.
+# Below MIN_TEMPERATURE a sample is the argmax in all but name (use 0), and far below it
+# logits / T overflows fp32 to inf and the softmax to NaN (T = 1e-40 sampled token -1); above
+# MAX_TEMPERATURE the distribution is uniform noise (T = inf sampled it silently).
 MIN_TEMPERATURE = 1e-4
 MAX_TEMPERATURE = 1e4
 
