@@ -254,19 +254,21 @@ class Bastion(_CostAware):
 
     def plan(self, context_lens) -> BuildArgs:
         batch = _batch_size(context_lens)
+        # A round in which nobody drafts never reaches select: nothing may outlive its plan.
+        self._batch_table = self._batch_scale = None
         if batch == 1 or not self.batch_allocation:
             return super().plan(context_lens)
-        self._batch_table = self.latency.batch_latency_table(context_lens, batch * self.max_nodes, self.device)
-        self._batch_scale = self._accept_scale(batch)
-        return self._plan_args("fixed", self.max_nodes, batch)
+        args = self._plan_args("fixed", self.max_nodes, batch)
+        if any(args.draft):
+            self._batch_table = self.latency.batch_latency_table(context_lens, batch * self.max_nodes, self.device)
+            self._batch_scale = self._accept_scale(batch)
+        return args
 
     def select(self, tree):
         """Cut a batch built to the cap to the allocated per-request counts (``tree.cut``), and
         the requests not drafting this round to no nodes."""
         if self._batch_table is not None:
-            counts = allocate_batch_budget(tree.scores, self._batch_table, self._batch_scale)
-            self._batch_table = self._batch_scale = None
-            tree = tree.cut(counts)
+            tree = tree.cut(allocate_batch_budget(tree.scores, self._batch_table, self._batch_scale))
         return self._step_aside(tree)
 
 

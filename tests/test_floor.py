@@ -175,6 +175,16 @@ def test_requests_leaving_keep_the_floor_state_of_the_others():
     assert policy.plan([64]).draft == (False,)
 
 
+def test_a_plain_round_leaves_nothing_for_the_next_select():
+    policy = Bastion(latency(0.3), 8, batch=2)
+    run_rounds(policy, ["flat", "flat"], 2)
+    assert policy.plan([64, 64]).draft == (False, False)  # no select follows a plain round
+    policy.keep_requests([1])
+    args = policy.plan([64])
+    tree = policy.select(ops.build_tree(drafter_logits(["flat"]), 4, 8, context_lens=[64], **args.kwargs()))
+    assert tree.n_nodes.tolist() == [0]
+
+
 def test_plain_rows_leave_the_calibration_alone():
     calibrator = AcceptCalibrator(2)
     calibrator.observe(torch.tensor([2.0, 2.0]), torch.tensor([1, 1]))

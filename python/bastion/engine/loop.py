@@ -3,10 +3,15 @@ draft -> build every tree -> one target forward over all of them -> acceptance w
 compact the KV cache to the accepted paths.
 
 Every per-round tensor stays on the model's device, and each round reads the device once:
-the node counts of this round's trees together with the tokens the previous round committed
-(its verify width and the host's bookkeeping need nothing else). A request whose output is
-complete is therefore seen one round late: it leaves the batch at that read, before the
-verify, and its tokens past the end are cut.
+the node counts of this round's trees and their expected accepted lengths together with the
+tokens the previous round committed (its verify width, the speedup floor and the host's
+bookkeeping need nothing else). A request whose output is complete is therefore seen one
+round late: it leaves the batch at that read, before the verify, and its tokens past the end
+are cut.
+
+The cost-aware policies may tell a request not to draft (their speedup floor): it verifies
+only its root in that round, and when no request drafts the round is a plain step of the
+whole batch without a drafter forward (``_plain_step``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from .strategies import make_plan
 from .target import TargetCache
 from .tree_ops import RoundBuffers, accept
 
+# The expected accepted length travels in the round's int64 read as millionths of a token.
+ACCEPT_UNITS = 1_000_000
+
 
 @dataclass
 class GenerationConfig:
@@ -35,7 +43,9 @@ class GenerationConfig:
     cap of caddtree / bastion. topk: branching width K. record_topk: how many of each draft
     position's top candidates to keep in the round records (0: none, the cheapest).
     batch_allocation: ``bastion`` on a batch splits one node budget across the requests by
-    marginal gain (True) or cuts each request's tree on its own (False).
+    marginal gain (True) or cuts each request's tree on its own (False). speedup_floor:
+    ``caddtree`` and ``bastion`` take plain steps while no tree is estimated to pay (True), or
+    draft every round (False).
     """
 
     strategy: str = "bastion"
@@ -48,6 +58,7 @@ class GenerationConfig:
     record_topk: int = 0
     stop_on_eos: bool = True
     batch_allocation: bool = True
+    speedup_floor: bool = True
 
 
 @dataclass
@@ -84,7 +95,30 @@ class GenerationResult:
             "mean_accept_len": self.mean_accept_len,
             "mean_tree_size": self.mean_tree_size,
             "budgets": {n: budgets.count(n) for n in sorted(set(budgets))},
+            **floor_summary(self.rounds),
         }
+
+
+def _round_seconds(record: dict) -> float:
+    """A recorded round's measured seconds, draft to commit."""
+    return record["t_draft"] + record["t_build"] + record["t_verify"] + record["t_commit"]
+
+
+def floor_summary(rounds: list[dict]) -> dict:
+    """What the speedup floor did over round records (of one request or many): rounds drafted
+    (a tree verified) and plain (the root only), probes, and over the drafted rounds with an
+    estimate the mean estimated speedup and the realised one, the sum of (1 + accept_len) *
+    plain_s over the sum of their measured seconds (None where there is nothing to report)."""
+    drafted = [r for r in rounds if r["drafted"]]
+    judged = [r for r in drafted if r["estimated_speedup"] is not None]
+    seconds = sum(_round_seconds(r) for r in judged)
+    return {
+        "drafted_rounds": len(drafted),
+        "plain_rounds": len(rounds) - len(drafted),
+        "probes": sum(r["probe"] for r in rounds),
+        "estimated_speedup": sum(r["estimated_speedup"] for r in judged) / len(judged) if judged else None,
+        "realised_speedup": sum((1 + r["accept_len"]) * r["plain_s"] for r in judged) / seconds if judged and seconds > 0 else None,
+    }
 
 
 def check_context(model, prompt_len: int, max_new_tokens: int, draft_positions: int) -> None:
@@ -140,6 +174,23 @@ def _select_rows(tree, rows: torch.Tensor):
     return dataclasses.replace(tree, **{name: t.index_select(0, rows) for name, t in tree.tensors().items()})
 
 
+def _plain_step(target, drafter, state, roots, sampler, request_ids, positions: int):
+    """A round in which no request drafts: one target step over the roots, no drafter forward.
+
+    The step's features still extend the drafter's context, so that a later probe drafts
+    from all of it. The token is picked as ``ar`` picks it (the uniform of its position).
+    Returns (pending: (B, P + 2) int64 laid out as ``_round_tokens``, accepting nothing;
+    the new roots (B,) int64).
+    """
+    root_positions = target.lengths.clone()
+    logits, hidden = target.plain_step(roots)
+    bonus = sampler.pick(logits, request_ids, target.lengths)
+    drafter.extend(state, select_features(hidden, drafter.target_layer_ids), root_positions[:, None],
+                   counts=torch.ones_like(root_positions))
+    nothing = torch.full((len(bonus), positions), -1, dtype=torch.int64, device=bonus.device)
+    return torch.cat([torch.zeros_like(bonus)[:, None], nothing, bonus[:, None]], 1), bonus
+
+
 @torch.inference_mode()
 def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, drafter=None, latency=None,
                    eos_token_ids: tuple[int, ...] = (), on_tokens=None) -> list[GenerationResult]:
@@ -163,7 +214,7 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
     batch = len(prompts)
     positions = 0 if is_ar else drafter.block_size - 1
     plan = make_plan(config.strategy, positions, config.budget, config.topk, latency, batch=batch, device=device,
-                     batch_allocation=config.batch_allocation)
+                     batch_allocation=config.batch_allocation, floor=config.speedup_floor)
     for prompt in prompts:
         check_context(model, len(prompt), config.max_new_tokens, positions)
     sampler = Sampler(config.temperature, config.top_p, config.seed)
@@ -198,15 +249,22 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
         if not is_ar:
             clock.mark("round")
             timer.start()
-            draft_logits = drafter.draft(state, roots, target.lengths)
-            clock.mark("draft")
             args = plan.policy.plan([r.committed_len for r in live])
-            tree = ops.build_tree(draft_logits, plan.k, plan.max_nodes, context_lens=target.lengths,
-                                  out=buffers.tree, **args.kwargs())
-            tree = plan.policy.select(tree)
-            if hasattr(drafter, "to_target_ids"):  # a reduced draft vocabulary's map
-                tree = dataclasses.replace(tree, tokens=drafter.to_target_ids(tree.tokens))
-            read = torch.cat([tree.n_nodes.long()[:, None], pending], 1)
+            probes = args.probe
+            drafting = any(args.draft)
+            if drafting:
+                draft_logits = drafter.draft(state, roots, target.lengths)
+                clock.mark("draft")
+                tree = ops.build_tree(draft_logits, plan.k, plan.max_nodes, context_lens=target.lengths,
+                                      out=buffers.tree, **args.kwargs())
+                tree = plan.policy.select(tree)  # requests not drafting keep no nodes
+                if hasattr(drafter, "to_target_ids"):  # a reduced draft vocabulary's map
+                    tree = dataclasses.replace(tree, tokens=drafter.to_target_ids(tree.tokens))
+                expected = torch.round(plan.policy.expected_accept(tree) * ACCEPT_UNITS).long()
+                read = torch.cat([tree.n_nodes.long()[:, None], expected[:, None], pending], 1)
+            else:
+                clock.mark("draft")
+                read = torch.cat([torch.zeros_like(pending[:, :2]), pending], 1)
         else:
             read = pending
         values = read.tolist()  # the round's one host read
@@ -228,9 +286,11 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
             target.keep_requests(rows)
             if not is_ar:
                 state.keep_requests(rows)
-                plan.policy.keep_requests(rows)
-                tree = _select_rows(tree, rows)
-                draft_logits = draft_logits.index_select(0, rows)
+                plan.policy.keep_requests(still)
+                probes = tuple(probes[i] for i in still)
+                if drafting:
+                    tree = _select_rows(tree, rows)
+                    draft_logits = draft_logits.index_select(0, rows)
                 buffers = RoundBuffers(len(live), max_nodes, positions, device, vocab)
         longest = max(r.committed_len for r in live)
         target.set_bound(longest)
@@ -241,31 +301,42 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
             continue
 
         state.set_bound(longest)
+        contexts = [r.committed_len for r in live]
         node_counts = [row[0] for row in values]
-        n = max(node_counts)
-        for request, count in zip(live, node_counts):
+        estimates = plan.policy.judge(node_counts, [row[1] / ACCEPT_UNITS for row in values],
+                                      [row[-2 - positions] for row in values], contexts)
+        plain_s = plan.policy.plain_seconds(contexts)
+        for request, count, probe, estimate in zip(live, node_counts, probes, estimates):
             request.rounds.append({"context_len": request.committed_len, "k": plan.k, "max_nodes": plan.max_nodes,
-                                   "n_nodes": count, "clock_round": clock.current_round})
+                                   "n_nodes": count, "drafted": count > 0, "probe": probe, "estimated_speedup": estimate,
+                                   "plain_s": plain_s, "clock_round": clock.current_round})
         clock.mark("build")
-        verify_logits, hidden = target.verify(tree, roots, n)
-        clock.mark("verify")
-        root_positions = target.lengths.clone()
-        result = accept(tree, n, verify_logits, sampler, buffers, request_ids, root_positions)
-        target.commit(result.accepted_nodes, result.accept_len)
-        # The drafter's new context: the root and the accepted path, rows of the verify forward.
-        keep = torch.cat([torch.zeros_like(root_positions)[:, None], result.accepted_nodes.long() + 1], 1).clamp(min=0)
-        features = select_features(hidden, drafter.target_layer_ids)
-        features = features.gather(1, keep[..., None].expand(-1, -1, features.shape[-1]))
-        drafter.extend(state, features, root_positions[:, None] + torch.arange(1 + positions, device=device),
-                       counts=1 + result.accept_len.long())
-        pending = _round_tokens(result, tree)
-        roots = result.bonus.clone()
-        plan.policy.observe(surrogate_accept(tree.scores, tree.n_nodes), result.accept_len)
+        if drafting:
+            # At least one verify column: every request that drafted may have just left the batch.
+            n = max(max(node_counts), 1)
+            verify_logits, hidden = target.verify(tree, roots, n)
+            clock.mark("verify")
+            root_positions = target.lengths.clone()
+            result = accept(tree, n, verify_logits, sampler, buffers, request_ids, root_positions)
+            target.commit(result.accepted_nodes, result.accept_len)
+            # The drafter's new context: the root and the accepted path, rows of the verify forward.
+            keep = torch.cat([torch.zeros_like(root_positions)[:, None], result.accepted_nodes.long() + 1], 1).clamp(min=0)
+            features = select_features(hidden, drafter.target_layer_ids)
+            features = features.gather(1, keep[..., None].expand(-1, -1, features.shape[-1]))
+            drafter.extend(state, features, root_positions[:, None] + torch.arange(1 + positions, device=device),
+                           counts=1 + result.accept_len.long())
+            pending = _round_tokens(result, tree)
+            roots = result.bonus.clone()
+            plan.policy.observe(surrogate_accept(tree.scores, tree.n_nodes), result.accept_len, tree.n_nodes > 0)
+        else:
+            pending, roots = _plain_step(target, drafter, state, roots, sampler, request_ids, positions)
+            clock.mark("verify")
         clock.mark("commit")
-        timer.stop((sum(node_counts), sum(r.committed_len for r in live) / len(live), len(live)))
+        # A round's time is keyed by its nodes over the batch; 0 nodes: a plain step.
+        timer.stop((max(sum(node_counts), 1) if drafting else 0, sum(contexts) / len(live), len(live)))
         for (nodes, context, size), seconds in timer.ready():
             plan.policy.observe_time(nodes, context, seconds, size)
-        if config.record_topk:
+        if config.record_topk and drafting:
             topk = torch.log_softmax(draft_logits.float(), -1).topk(config.record_topk, -1)
             topk_records.append(([r.rounds[-1] for r in live], topk))
 
@@ -281,6 +352,8 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
         sequence = list(prompt) + request.emitted
         for index, record in enumerate(request.rounds):
             record.update(round=index, **times.round_phases(record.pop("clock_round")))
+            if record["plain_s"] is not None:
+                record["realised_speedup"] = (1 + record["accept_len"]) * record["plain_s"] / _round_seconds(record)
             after = sequence[record["context_len"] + 1: record["context_len"] + 1 + positions]
             record["target_tokens"] = after + [-1] * (positions - len(after))
         results.append(GenerationResult(request.emitted, request.prompt_len, times.prefill_s, times.total_s, request.rounds))

@@ -29,15 +29,16 @@ class Plan:
 
 
 def make_plan(strategy: str, block_positions: int, budget: int | None = None, k: int = DEFAULT_TOPK,
-              latency=None, batch: int = 1, device="cpu", batch_allocation: bool = True) -> Plan | None:
+              latency=None, batch: int = 1, device="cpu", batch_allocation: bool = True, floor: bool = True) -> Plan | None:
     """The per-round plan of a strategy (None for ``ar``).
 
     block_positions: P, the positions one drafter forward predicts. budget: the fixed node
     count of ``ddtree`` or the cap of ``caddtree`` / ``bastion`` (defaults above). latency:
     a ``bastion_ext.latency.LatencyModel`` of this target on this device (cost-aware only).
     batch: requests decoded together. batch_allocation: ``bastion`` on a batch allocates one
-    budget across the requests (else each tree is cut on its own). device: the model's
-    device, where the policy's tensors live.
+    budget across the requests (else each tree is cut on its own). floor: the cost-aware
+    policies' speedup floor (plain steps while no tree pays). device: the model's device,
+    where the policy's tensors live.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -54,5 +55,5 @@ def make_plan(strategy: str, block_positions: int, budget: int | None = None, k:
         raise ValueError(f"strategy {strategy!r} needs a latency model (run `bastion calibrate`)")
     cap = budget or DEFAULT_CAP
     if strategy == "caddtree":
-        return Plan(k, cap, policies.GreedyStop(latency, cap, batch=batch, device=device))
-    return Plan(k, cap, policies.Bastion(latency, cap, batch=batch, batch_allocation=batch_allocation, device=device))
+        return Plan(k, cap, policies.GreedyStop(latency, cap, batch=batch, device=device, floor=floor))
+    return Plan(k, cap, policies.Bastion(latency, cap, batch=batch, batch_allocation=batch_allocation, device=device, floor=floor))

@@ -1,8 +1,9 @@
 """The target model behind the decoding loop: a Hugging Face causal LM over a batch of
 requests of different lengths, with a ``RaggedKVCache`` holding exactly the committed tokens.
 
-Three forwards: ``prefill`` (the prompts), ``step`` (one token per request, ``ar``) and
-``verify`` (the root and the tree nodes of every request). A verify sees the tree through one
+Three forwards: ``prefill`` (the prompts), ``step`` (one token per request: ``ar``, and the
+plain steps of a speculative batch) and ``verify`` (the root and the tree nodes of every
+request). A verify sees the tree through one
 mask path: with ``attn_implementation="bastion_tree"`` (``bastion.hf_attention``, on CUDA)
 the Triton tree attention reads the tree's packed ancestor bits; otherwise one additive mask
 is written in place into a buffer allocated once.
@@ -113,12 +114,19 @@ class TargetCache:
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """One plain decoding step: append ``tokens`` (batch,) int64; returns logits (batch, V) fp32."""
+        return self.plain_step(tokens)[0]
+
+    @torch.inference_mode()
+    def plain_step(self, tokens: torch.Tensor):
+        """:meth:`step` that also returns the hidden-states tuple ((batch, 1, d) per layer, or
+        None without ``want_hidden``): a speculative batch's plain step feeds them to its drafter.
+        Returns (logits (batch, V) fp32, hidden states)."""
         self.cache.active = self.bound + 1
         sees_self = torch.ones((self.batch_size, 1, 1), dtype=torch.bool, device=self.device)
-        hidden, _ = self._forward(tokens[:, None], self.lengths[:, None], self._additive_mask(sees_self))
+        hidden, states = self._forward(tokens[:, None], self.lengths[:, None], self._additive_mask(sees_self))
         self.cache.lengths += 1
         self.bound += 1
-        return self._logits(hidden[:, -1])
+        return self._logits(hidden[:, -1]), states
 
     @torch.inference_mode()
     def verify(self, tree: DraftTree, roots: torch.Tensor, n: int):
