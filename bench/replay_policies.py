@@ -86,6 +86,8 @@ def load_rounds(path: str | Path) -> list[RecordedRound]:
         rows = torch.load(path, weights_only=True)
     else:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Plain steps (the speedup floor's rounds without a drafter forward) recorded no draft.
+    rows = [row for row in rows if "topk_ids" in row]
     if not rows:
         raise ValueError(f"rounds file {str(path)!r} holds no rounds")
     return [RecordedRound.from_dict(row) for row in rows]

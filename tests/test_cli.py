@@ -168,3 +168,21 @@ def test_module_entry_point_reports_user_error_without_traceback():
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "bastion: error: model path '/no/such/model' does not exist"
+
+
+def test_summary_line_reports_the_speedup_floor():
+    """Rounds drafted vs plain, probes, estimated vs realised speedup (issue 21), from records."""
+    from bastion.cli import format_summary
+    from bastion.engine import GenerationResult
+
+    def record(n_nodes, accept_len, probe, estimate):
+        return {"n_nodes": n_nodes, "drafted": n_nodes > 0, "accept_len": accept_len, "probe": probe,
+                "estimated_speedup": estimate, "plain_s": 0.1, "t_draft": 0.05, "t_build": 0.0, "t_verify": 0.1, "t_commit": 0.05}
+
+    rounds = [record(8, 3, True, 2.0), record(8, 1, False, 1.5), record(0, 0, False, None), record(0, 0, False, None)]
+    summary = GenerationResult(list(range(8)), 10, 0.1, 1.0, rounds).summary()
+    assert (summary["drafted_rounds"], summary["plain_rounds"], summary["probes"]) == (2, 2, 1)
+    assert summary["estimated_speedup"] == pytest.approx(1.75) and summary["realised_speedup"] == pytest.approx(0.6 / 0.4)
+    line = format_summary("bastion", summary)
+    assert "2 rounds drafted, 2 plain, 1 probes" in line and "estimated 1.75x, realised 1.50x" in line
+    assert "rounds drafted" not in format_summary("ddtree", GenerationResult([1], 10, 0.1, 1.0, [record(8, 0, False, None)]).summary())

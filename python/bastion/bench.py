@@ -1,7 +1,9 @@
 """``bastion bench``: every strategy over the project's eval prompts, one run, same prompts.
 
 Prints a table (strategy x category: tokens/s, speedup over ``ar``, accepted length, tree
-size, outputs identical to ``ar``), writes ``bench.json`` (rows, device, versions, command),
+size, outputs identical to ``ar``), writes ``bench.json`` (rows, device, versions, command;
+for ``caddtree`` and ``bastion`` the speedup floor's request-rounds drafted and plain, probes
+and estimated vs realised speedup),
 ``rounds.jsonl`` (the round records, for bench/replay_policies.py) and ``bench.png``
 (speedup vs tree budget: the fixed-budget sweep with the cost-aware policies' realized points).
 """
@@ -18,6 +20,7 @@ import torch
 from bastion_ext.ops import MAX_NODES
 
 from .engine import GenerationConfig, generate_batch
+from .engine.loop import floor_summary
 from .models import chat_prompt_ids
 from .prompts import load_prompts
 
@@ -66,6 +69,7 @@ def _batch_cell(results, references) -> dict:
         "mean_accept_len": sum(r.mean_accept_len * len(r.rounds) for r in results) / rounds if rounds else 0.0,
         "mean_tree_size": sum(r.mean_tree_size * len(r.rounds) for r in results) / rounds if rounds else 0.0,
         "identical_to_ar": sum(r.tokens == ref for r, ref in zip(results, references)),
+        "round_records": [record for r in results for record in r.rounds],  # for floor_summary; not written
     }
 
 
@@ -86,6 +90,8 @@ def _aggregate(cells: list[dict]) -> dict:
         "mean_accept_len": sum(c["mean_accept_len"] * c["rounds"] for c in cells) / rounds if rounds else 0.0,
         "mean_tree_size": sum(c["mean_tree_size"] * c["rounds"] for c in cells) / rounds if rounds else 0.0,
         "identical_to_ar": sum(c["identical_to_ar"] for c in cells),
+        # The speedup floor: request-rounds drafted and plain, probes, estimated vs realised speedup.
+        **floor_summary([record for c in cells for record in c.get("round_records", [])]),
     }
 
 

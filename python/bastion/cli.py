@@ -118,6 +118,11 @@ def format_summary(name: str, summary: dict) -> str:
         budgets = ", ".join(f"{n}x{count}" for n, count in summary["budgets"].items())
         line += (f"; {summary['rounds']} rounds, mean accepted length {summary['mean_accept_len']:.2f}, "
                  f"mean tree size {summary['mean_tree_size']:.1f}; tree sizes chosen (size x rounds): {budgets}")
+    if summary.get("estimated_speedup") is not None:
+        # The speedup floor's account (caddtree, bastion): size 0 above is a plain step.
+        line += (f"; {summary['drafted_rounds']} rounds drafted, {summary['plain_rounds']} plain, {summary['probes']} probes; "
+                 f"speedup over a plain step in drafted rounds: estimated {summary['estimated_speedup']:.2f}x, "
+                 f"realised {summary['realised_speedup']:.2f}x")
     return line
 
 
