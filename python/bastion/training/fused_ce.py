@@ -32,22 +32,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits = hidden[rows].to(weight.dtype) @ weight.t()
             label, w = labels[rows].clamp(min=0)[:, None], row_weights[rows]
             hard_mass = torch.where(labels[rows] >= 0, 1 - soft, 0.0)
-            probs = logits.softmax(-1, dtype=torch.float32)
-            hits[rows] = (labels[rows] >= 0) & (logits.gather(1, label)[:, 0] == logits.amax(-1))
-            loss = -hard_mass * probs.gather(1, label)[:, 0].clamp(min=1e-30).log()
+            # The softmax in the logits' dtype (accumulated in fp32 inside the kernel): the
+            # gradient goes into a matmul in that dtype anyway, and a bf16 row is half the bytes.
+            probs = logits.softmax(-1)
+            picked, top = logits.gather(1, label)[:, 0], logits.amax(-1)
+            hits[rows] = (labels[rows] >= 0) & (picked == top)
+            # logsumexp = max logit - log(max probability): no fp32 pass over the row, and the
+            # largest probability (>= 1 / V) never underflows.
+            lse = top.float() - probs.amax(-1).float().log()
+            loss = hard_mass * (lse - picked.float())
             mass = hard_mass
             if soft > 0:
                 ids, q = soft_ids[rows], soft_probs[rows]
-                loss = loss - soft * (q * probs.gather(1, ids).clamp(min=1e-30).log()).sum(-1)
+                loss = loss + soft * (q * (lse[:, None] - logits.gather(1, ids).float())).sum(-1)
                 mass = mass + soft * q.sum(-1)
             losses[rows] = loss
             if grad is not None:
                 # d loss / d logits = softmax * (target mass) - target distribution, row-weighted.
-                dlogits = probs.mul_((mass * w)[:, None])
-                dlogits.scatter_add_(1, label, -(hard_mass * w)[:, None])
+                dlogits = probs.mul_((mass * w)[:, None].to(probs.dtype))
+                dlogits.scatter_add_(1, label, -(hard_mass * w)[:, None].to(probs.dtype))
                 if soft > 0:
-                    dlogits.scatter_add_(1, ids, -soft * q * w[:, None])
-                grad[rows] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
+                    dlogits.scatter_add_(1, ids, (-soft * q * w[:, None]).to(probs.dtype))
+                grad[rows] = (dlogits @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(hits)
         return (losses * row_weights).sum(), hits

@@ -10,7 +10,6 @@ from bastion.drafter import DFlashConfig, DFlashDrafter
 from .features import Sequence
 
 MASK_TOKEN = "<empty_output>"  # a special token SmolLM2 never emits in chat; any fixed id works
-INITIAL_MAX_LOGIT = 8.0
 
 
 def drafter_config_for(target, tokenizer, num_layers: int, block_size: int, layer_ids) -> DFlashConfig:
@@ -77,13 +76,12 @@ def new_drafter(target, tokenizer, num_layers: int, block_size: int, layer_ids, 
     if vocab is not None:
         drafter.set_draft_vocab(vocab)
     with torch.no_grad():
-        # A mask position's residual stream starts as the mask token's own embedding, which the
-        # tied lm_head behind the target's norm scores at ~180 (a loss near 100 at step 1): the
-        # target's norm, scaled so that no logit of the mask starts above INITIAL_MAX_LOGIT.
-        norm = target.model.norm.weight.float()
-        drafter.norm.weight.copy_(norm)
-        top = drafter._logits(drafter.norm(target.get_input_embeddings().weight[config.mask_token_id].float())).max()
-        drafter.norm.weight.mul_(min(1.0, INITIAL_MAX_LOGIT / float(top)))
+        # Not scaled down, although a mask position's residual starts as the mask's embedding,
+        # which the tied lm_head behind this norm scores up to ~180: the norm's gains set the
+        # logit scale, and AdamW moves them by about lr a step, so gains started at a twentieth
+        # cap the drafter's confidence for a thousand steps; the layers' outputs, which turn the
+        # residual away from the embedding, grow geometrically instead.
+        drafter.norm.weight.copy_(target.model.norm.weight.float())
     if warm_start != "none":
         copy_target_layers(drafter, target, warm_layer_ids(config.num_target_layers, num_layers, warm_start))
     return drafter

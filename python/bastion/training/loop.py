@@ -106,7 +106,7 @@ def train_steps(cfg: TrainConfig, drafter: DFlashDrafter, train: list[Sequence],
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss_sum, seq_stats = sequence_loss(drafter, seq, weights, cfg.soft, scale)
             (loss_sum / max(total_weight, 1e-9)).backward()
-            step_loss, stats = step_loss + float(loss_sum), stats + seq_stats
+            step_loss, stats = step_loss + float(loss_sum.detach()), stats + seq_stats
             roots_done += seq.roots
         torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
         opt.step()
