@@ -11,6 +11,7 @@ meta tensors. Semantics: ``docs/ops.md``.
 
 from __future__ import annotations
 
+import importlib
 import numbers
 from collections.abc import Sequence
 
@@ -24,6 +25,15 @@ POLICIES = {"fixed": _C.POLICY_FIXED, "greedy_stop": _C.POLICY_GREEDY_STOP, "arg
 MAX_K = _C.MAX_K
 MAX_POSITIONS = _C.MAX_POSITIONS
 MAX_NODES = _C.MAX_NODES
+# The tree attention op (``bastion_ext::tree_attention``) is Triton code, imported on first use:
+# the compiled ops need no Triton, and TRITON_INTERPRET must be set before its kernels load.
+_ATTENTION = ("tree_attention", "plan_tree_attention", "run_tree_attention", "TreeAttentionPlan")
+
+
+def __getattr__(name: str):
+    if name in _ATTENTION:
+        return getattr(importlib.import_module("bastion_ext.attention"), name)
+    raise AttributeError(f"module 'bastion_ext.ops' has no attribute {name!r}")
 
 
 def _fail_unless(ok: bool, message) -> None:

@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
+import bastion.hf_attention as hf_attention  # noqa: E402
 from bastion.hf_attention import ATTN_IMPLEMENTATION, tree_verify_context  # noqa: E402
 from bastion_ext.reference import build_tree_ref, tree_verify_mask_ref  # noqa: E402
 
@@ -92,3 +93,27 @@ def test_context_checks_tree_size(verify_setup):
                 forward(model, cache, verify_ids, positions)
     finally:
         model.set_attn_implementation("sdpa")
+
+
+def test_one_plan_per_forward(verify_setup, monkeypatch):
+    """The first layer plans the verify forward's tree attention; every layer runs on that plan."""
+    model, cache, tree, verify_ids, positions, _ = verify_setup
+    plans, runs = [], []
+
+    def counted(fn, calls):
+        def wrapper(*args, **kwargs):
+            calls.append(fn(*args, **kwargs))
+            return calls[-1]
+        return wrapper
+
+    monkeypatch.setattr(hf_attention, "plan_tree_attention", counted(hf_attention.plan_tree_attention, plans))
+    monkeypatch.setattr(hf_attention, "run_tree_attention", counted(hf_attention.run_tree_attention, runs))
+    try:
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        with tree_verify_context(tree.ancestor_bits.to(model.device)) as verify:
+            forward(model, cache, verify_ids, positions)
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert len(plans) == 1 and verify.plan is plans[0]
+    assert len(runs) == model.config.num_hidden_layers
+    assert all(out is plans[0].out for out in runs)

@@ -1,4 +1,5 @@
-"""tree_attention against the dense-mask SDPA reference.
+"""tree_attention (the ``bastion_ext::tree_attention`` op on a plan) against the dense-mask SDPA
+reference; the op's schema and fake through opcheck; one plan run by several layers.
 
 On a machine without CUDA the Triton kernel runs through the interpreter (TRITON_INTERPRET=1
 must be set before the kernel module is imported, hence the top of this file), on small shapes
@@ -14,7 +15,8 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from bastion_ext.attention import tree_attention  # noqa: E402
+from bastion_ext.attention import plan as attention_plan  # noqa: E402
+from bastion_ext.attention import plan_tree_attention, run_tree_attention, tree_attention  # noqa: E402
 from bastion_ext.reference import ancestor_bits_ref, build_tree_ref, tree_attention_ref  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -149,6 +151,63 @@ def test_invalid_arguments_name_the_argument():
         tree_attention(q, k_cache, v_cache, k_tree, v_tree, bits, lens.float())
     with pytest.raises(ValueError, match="head_dim"):
         tree_attention(q[..., :32], k_cache, v_cache, k_tree, v_tree, bits, lens)
+
+
+def _op_args(plan, q, k_cache, v_cache, k_tree, v_tree):
+    return (q, k_cache, v_cache, k_tree, v_tree, plan.ancestor_bits, plan.cache_lens,
+            plan.out, plan.part_o, plan.part_lse, 0.125, list(plan.launch))
+
+
+@pytest.mark.parametrize("in_cache", [False, True], ids=["separate", "in_cache"])
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_opcheck(num_splits, in_cache):
+    """The schema (every written tensor marked), the fake and the op agree: on the CPU through
+    the interpreter, compiled with CUDA."""
+    gen = torch.Generator().manual_seed(7)
+    bits = ancestor_bits_ref(make_parents("deep_wide", 2, 5, gen)).to(DEVICE)
+    args = make_inputs(2, 2, 1, 5, 64, [0, 70], torch.float32, in_cache, gen, capacity=70)
+    plan = plan_tree_attention(*args[:5], bits, args[5], num_splits=num_splits)
+    assert plan.launch.num_splits == num_splits
+    torch.library.opcheck(torch.ops.bastion_ext.tree_attention.default, _op_args(plan, *args[:5]))
+
+
+def test_fake_checks_the_workspace():
+    """On meta tensors the op runs its fake, which ties the partials to the launch's splits."""
+    gen = torch.Generator().manual_seed(8)
+    bits = ancestor_bits_ref(make_parents("chain", 1, 3, gen))
+    args = make_inputs(1, 2, 1, 3, 64, [200], torch.float32, False, gen)
+    plan = plan_tree_attention(*args[:5], bits.to(DEVICE), args[5], num_splits=2)
+    meta = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in _op_args(plan, *args[:5])]
+    torch.ops.bastion_ext.tree_attention(*meta)
+    meta[8] = meta[8][:, :, :-1]
+    with pytest.raises(ValueError, match="part_o"):
+        torch.ops.bastion_ext.tree_attention(*meta)
+
+
+@pytest.mark.parametrize("in_cache", [False, True], ids=["separate", "in_cache"])
+def test_plan_is_run_by_every_layer(monkeypatch, in_cache):
+    """A plan checks once: three layers of the same shapes run on it without a check or an
+    allocation (the same output and partials), each matching the reference; a layer of other
+    shapes is refused."""
+    gen = torch.Generator().manual_seed(9)
+    bits = ancestor_bits_ref(make_parents("deep_wide", 2, 9, gen)).to(DEVICE)
+    lens = [40, 3]
+    first = make_inputs(2, 4, 2, 9, 64, lens, torch.float32, in_cache, gen, capacity=128)
+    plan = plan_tree_attention(*first[:5], bits, first[5], num_splits=2)
+    assert plan.launch.num_splits == 2
+    buffers = [t.data_ptr() for t in (plan.out, plan.part_o, plan.part_lse)]
+    checks = []
+    monkeypatch.setattr(attention_plan, "check_tree_attention_args", lambda *a: checks.append(a))
+    for _ in range(3):
+        q, k_cache, v_cache, k_tree, v_tree, _lens = make_inputs(2, 4, 2, 9, 64, lens, torch.float32, in_cache, gen, capacity=128)
+        got = run_tree_attention(plan, q, k_cache, v_cache, k_tree, v_tree)
+        assert got is plan.out
+        ref = tree_attention_ref(q, k_cache, v_cache, k_tree, v_tree, bits, first[5])
+        torch.testing.assert_close(got, ref, atol=ATOL[torch.float32], rtol=0)
+    assert not checks
+    assert [t.data_ptr() for t in (plan.out, plan.part_o, plan.part_lse)] == buffers
+    with pytest.raises(ValueError, match="plan again"):
+        run_tree_attention(plan, q[:, :2], k_cache, v_cache, k_tree, v_tree)
 
 
 @pytest.mark.cuda

@@ -5,10 +5,11 @@ Importing this module registers one attention function and one mask function und
 model that dispatches through them (Llama, Qwen2/3, Mistral, ... in transformers 5) then runs:
 
 - ordinary forwards (prefill, plain decoding) through SDPA, exactly as ``"sdpa"`` would;
-- forwards inside ``tree_verify_context(...)`` through ``bastion_ext.attention.tree_attention``:
+- forwards inside ``tree_verify_context(...)`` through ``bastion_ext.attention``'s tree attention:
   the queries are the root and the tree nodes, the keys the layer's cache after its update
   (committed context followed by the verify tokens), and the mask the tree's packed
-  ``ancestor_bits``. No 4D mask is built for them.
+  ``ancestor_bits``. No 4D mask is built for them. The first layer plans the forward's attention
+  (checks, tiles, cache splits, output and partials); every later layer runs on that plan.
 
 The tree reaches the attention layers through a context variable rather than through forward
 kwargs, so it passes unchanged through every model's forward signature::
@@ -30,12 +31,12 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from bastion_ext.attention import tree_attention
+from bastion_ext.attention import TreeAttentionPlan, plan_tree_attention, run_tree_attention
 
 ATTN_IMPLEMENTATION = "bastion_tree"
 
 
-@dataclass(frozen=True)
+@dataclass
 class TreeVerify:
     """The tree of the forward in flight.
 
@@ -46,10 +47,13 @@ class TreeVerify:
     keys ``0 .. cache_lens[b] - 1`` are all visible (a padding mask passed to the forward is
     not applied in a tree verify): requests of different lengths need a cache that writes each
     request's new tokens after its own context, not a left-padded ``DynamicCache``.
+    plan: the tree attention's plan, made by the forward's first layer and run by every layer
+    whose tensors fit it (a layer of other shapes plans again).
     """
 
     ancestor_bits: torch.Tensor
     cache_lens: torch.Tensor | None
+    plan: TreeAttentionPlan | None = None
 
 
 _ACTIVE_TREE: contextvars.ContextVar[TreeVerify | None] = contextvars.ContextVar("bastion_tree", default=None)
@@ -98,6 +102,17 @@ def tree_attention_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if dropout:
         raise ValueError(f"tree verification runs without dropout, got dropout={dropout}")
+    if tree.plan is None or not tree.plan.fits(query, key, value):
+        tree.plan = _plan(tree, query, key, value)
+    # The plan's output is a transposed (B, S, H_q, D) buffer: transposed back, it is already
+    # in the layout transformers expects.
+    return run_tree_attention(tree.plan, query, key, value, scale=scaling).transpose(1, 2), None
+
+
+def _plan(tree: TreeVerify, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> TreeAttentionPlan:
+    """The plan of a forward's tree attention from one layer's query (B, H_q, S, D) and key /
+    value (B, H_kv, K, D). Its output buffer is reused by every layer: transformers consumes a
+    layer's attention output (the output projection) before the next layer's attention runs."""
     batch, n_q_heads, n_verify, head_dim = query.shape
     if tree.ancestor_bits.shape[:2] != (batch, n_verify - 1):
         raise ValueError(
@@ -107,12 +122,8 @@ def tree_attention_forward(
     cache_lens = tree.cache_lens
     if cache_lens is None:
         cache_lens = torch.full((batch,), key.shape[2] - n_verify, dtype=torch.int64, device=query.device)
-    # Written through the transposed view so that the result is already (B, S, H_q, D).
     out = torch.empty((batch, n_verify, n_q_heads, head_dim), dtype=query.dtype, device=query.device)
-    tree_attention(
-        query, key, value, None, None, tree.ancestor_bits, cache_lens, scale=scaling, out=out.transpose(1, 2)
-    )
-    return out, None
+    return plan_tree_attention(query, key, value, None, None, tree.ancestor_bits, cache_lens, out=out.transpose(1, 2))
 
 
 def tree_mask(**kwargs) -> torch.Tensor | None:
