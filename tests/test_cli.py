@@ -106,9 +106,11 @@ def _bad_gguf(tmp_path):
     (["generate", "--strategy", "ar"], "give a prompt or --prompts FILE"),
     (["generate", "hi", "--batch-size", "4"], "--batch-size and --out go with --prompts"),
     (["generate", "--prompts", "BAD_PROMPTS", "--strategy", "ar"], "bad.jsonl:2: each line needs"),
+    (["generate", "--prompts", "BAD_PROMPTS", "--records", "rounds.jsonl"], "--records and --compare go with a single prompt"),
+    (["generate", "--prompts", "BAD_PROMPTS", "--compare"], "--records and --compare go with a single prompt"),
 ], ids=["missing-model", "corrupt-weights", "missing-drafter", "prompt-too-long", "budget-0", "unknown-strategy",
         "unknown-category", "missing-prompts", "malformed-prompts", "unknown-dtype",
-        "no-prompt", "batch-without-file", "generate-malformed-prompts"])
+        "no-prompt", "batch-without-file", "generate-malformed-prompts", "records-with-file", "compare-with-file"])
 def test_user_errors_are_one_line_and_exit_2(embedded, capsys, tmp_path, argv, message):
     bad_prompts = tmp_path / "bad.jsonl"
     bad_prompts.write_text('{"prompt": "fine"}\n{"text": "no prompt key"}\n')

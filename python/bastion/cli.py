@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="with --prompts: write one JSON object per prompt here, in input order (default stdout)")
     g.add_argument("--strategy", choices=STRATEGIES, default="bastion")
     g.add_argument("--budget", type=int_at_most(MAX_NODES), default=None, help="ddtree: nodes per tree; caddtree/bastion: the cap")
-    g.add_argument("--compare", action="store_true", help="also run `ar` and print the measured speedup")
-    g.add_argument("--records", default=None, help="write one JSON line per round here (for bench/replay_policies.py)")
+    g.add_argument("--compare", action="store_true", help="also run `ar` and print the measured speedup (not with --prompts)")
+    g.add_argument("--records", default=None, help="write one JSON line per round here (for bench/replay_policies.py; not with --prompts)")
     g.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     add_model_args(g)
     add_decode_args(g)
@@ -183,6 +183,9 @@ def cmd_generate(args) -> int:
         raise UserError("give a prompt or --prompts FILE (one of them)")
     if args.prompts is None and (args.batch_size != 1 or args.out):
         raise UserError("--batch-size and --out go with --prompts FILE")
+    if args.prompts is not None and (args.records or args.compare):
+        # Both are written for one request; a file's batches would silently go without them.
+        raise UserError("--records and --compare go with a single prompt, not --prompts FILE")
     # Everything the user gave is checked before the model loads (seconds to minutes).
     rows = load_prompt_rows(args.prompts) if args.prompts is not None else None
     if args.out:
