@@ -47,10 +47,9 @@ def no_model(monkeypatch):
     (["--top-p", "0"], "argument --top-p: must be in (0, 1]"),
     (["--out", "PROMPTS"], "is the input file itself"),
     (["--out", "DIR"], "is a directory"),
-    (["--records", "/no/such/dir/rounds.jsonl"], "--records '/no/such/dir/rounds.jsonl': directory '/no/such/dir' does not exist"),
     (["--latency", "/no/such/latency.json"], "--latency '/no/such/latency.json' does not exist"),
 ], ids=["budget", "topk", "t-nan", "t-inf", "t-tiny", "top-p-nan", "top-p-0", "out-is-prompts", "out-is-dir",
-        "records-dir", "latency-missing"])
+        "latency-missing"])
 def test_bad_options_fail_before_the_model_loads(no_model, tmp_path, capsys, extra, message):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(OLD.replace('"old"', '"prompt": "hi", "n"'))
@@ -60,6 +59,11 @@ def test_bad_options_fail_before_the_model_loads(no_model, tmp_path, capsys, ext
     err = capsys.readouterr().err.strip()
     assert message in err.splitlines()[-1] and "Traceback" not in err  # argparse's usage may come first
     assert prompts.read_text() == before
+
+
+def test_an_unwritable_records_path_fails_before_the_model_loads(no_model, capsys):
+    assert run_main(["generate", "hi", "--records", "/no/such/dir/rounds.jsonl"]) == 2
+    assert "--records '/no/such/dir/rounds.jsonl': directory '/no/such/dir' does not exist" in capsys.readouterr().err
 
 
 def test_a_non_utf8_prompt_file_names_file_and_line(no_model, tmp_path, capsys):
