@@ -10,18 +10,25 @@
 #                                       /tmp/bastion_gguf and check its sha256 (three calls in a row)
 #   scripts/gpu_check.sh tier2          the embedded model on the GPU: the lossless tests on CUDA
 #                                       (21 prompts x 64 tokens), bastion bench in bf16 at batch 1 and 4
+#                                       (with the drafter tier's drafter when this machine still has it)
+#   scripts/gpu_check.sh drafter        after the parts: train a drafter on the GPU from the committed
+#                                       token chunks (features by one teacher-forced forward there),
+#                                       brought back as $OUT/drafter (about 24 MB) with its held-out scores;
+#                                       it stays in /tmp for a tier2 call on the same warm machine
 #
 # GPU_CHECK_REHEARSE=1 runs every step on the CPU with the CUDA-only parts skipped and small
 # shapes, so that the device run is not where a typo is found:
 #   GPU_CHECK_REHEARSE=1 PYTHON=.venv/bin/python OUT=/tmp/rehearsal scripts/gpu_check.sh tier1   (and tier2)
-# On the device (three calls for the GGUF, each carrying one part, then tier 2):
+# On the device (three calls for the GGUF, each carrying one part, then the drafter and tier 2):
 #   run: scripts/gpu_check.sh tier1                       (carry: nothing)
 #   run: scripts/gpu_check.sh part 1   (carry .gguf_parts/part1, .gguf_parts/SHA256SUMS), then 2 and 3
+#   run: scripts/gpu_check.sh drafter                     (carry .whl; only while the committed drafter
+#                                                          is below the drafter issue's bar)
 #   run: scripts/gpu_check.sh tier2                       (carry .whl; scripts/prepare_gpu_run.sh fills both)
 # Needs there: python3 with a CUDA torch, setuptools, pybind11, cmake, ninja; nvcc; no network.
 set -uo pipefail
 
-TIER="${1:?usage: scripts/gpu_check.sh tier1|tier2|part K}"
+TIER="${1:?usage: scripts/gpu_check.sh tier1|tier2|drafter|part K}"
 OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 BASTION_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}"
@@ -30,6 +37,7 @@ export PIP_NO_INDEX=1 PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=
 PY="${PYTHON:-python3}"
 REHEARSE="${GPU_CHECK_REHEARSE:-0}"
 GGUF_DIR=/tmp/bastion_gguf
+DRAFTER_RUN=/tmp/bastion_drafter_run   # /tmp outlives a call on a warm machine; $OUT does not
 PARTS_DIR=.gguf_parts   # ignored; scripts/split_gguf.sh fills it here, one part travels per call
 FAILED=()
 
@@ -119,27 +127,54 @@ tier2() {
   else
     # A machine still warm from tier 1 keeps its build; a fresh one builds again.
     "$PY" -c "import bastion_ext._C as c; assert c.has_cuda()" 2>/dev/null || build
-    (cd "$GGUF_DIR" && cat part1 part2 part3 > model.gguf && grep " model.gguf\$" SHA256SUMS | sha256sum -c -) \
-      || { echo "the GGUF is not complete in $GGUF_DIR: send the three parts first"; exit 1; }
+    model_on_device
     model_args=(--model "$GGUF_DIR/model.gguf")
-    if ls .whl/*.whl > /dev/null 2>&1; then
-      "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-    fi
     export BASTION_TEST_MODEL="$GGUF_DIR/model.gguf"
   fi
   step "lossless on $device: every strategy at batch 1 and 4 vs ar (21 prompts x 64 tokens)"
   BASTION_TEST_FULL=1 run lossless_cuda 420 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_batch_engine.py -k "cuda_engine"
   step "bastion bench on $device (T=0, batch 1 and 4, round-time breakdown)"
-  local budgets=16,64,256 per=7 tokens=128
+  local budgets=16,64,256 per=7 tokens=128 drafter_args=()
   [ "$REHEARSE" = 1 ] && { budgets=4; per=1; tokens=8; }
-  run bench_gpu 540 "$PY" -m bastion bench --device "$device" "${model_args[@]}" --strategies ar,dflash,ddtree,caddtree,bastion \
-    --budgets "$budgets" --batch-sizes 1,4 --hf-baselines --prompts-per-category "$per" --max-new-tokens "$tokens" --out "$OUT/bench_gpu"
+  [ -f "$DRAFTER_RUN/drafter/model.safetensors" ] && drafter_args=(--drafter "$DRAFTER_RUN/drafter")
+  run bench_gpu 540 "$PY" -m bastion bench --device "$device" "${model_args[@]}" "${drafter_args[@]}" \
+    --strategies ar,dflash,ddtree,caddtree,bastion --budgets "$budgets" --batch-sizes 1,4 --hf-baselines \
+    --prompts-per-category "$per" --max-new-tokens "$tokens" --out "$OUT/bench_gpu"
+  finish
+}
+
+# The GGUF from its parts and the GGUF reader wheel (tier 2 and the drafter tier need both).
+model_on_device() {
+  (cd "$GGUF_DIR" && cat part1 part2 part3 > model.gguf && grep " model.gguf\$" SHA256SUMS | sha256sum -c -) \
+    || { echo "the GGUF is not complete in $GGUF_DIR: send the three parts first"; exit 1; }
+  if ls .whl/*.whl > /dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+  fi
+}
+
+drafter() {
+  device_info
+  # The recipe of python/bastion/weights/RECIPE.md at the size a GPU affords: 3 layers, 6
+  # epochs over every root of the 3,780 committed sequences, 8 sequences a step.
+  local device=cuda model_args=() size=(--epochs 6 --seqs-per-step 8)
+  if [ "$REHEARSE" = 1 ]; then
+    device=cpu size=(--epochs 0.02 --seqs-per-step 2 --max-train-prompts 64 --eval-limit 2)
+  else
+    "$PY" -c "import bastion_ext._C as c; assert c.has_cuda()" 2>/dev/null || build
+    model_on_device
+    model_args=(--target "$GGUF_DIR/model.gguf")
+  fi
+  step "train a drafter on $device from the committed tokens (resumes in $DRAFTER_RUN), bring it back"
+  run drafter_train 560 "$PY" -m bastion train-drafter --device "$device" "${model_args[@]}" --out "$DRAFTER_RUN" \
+    --layers 3 --lr 3e-3 --save-every 200 "${size[@]}"
+  cp -r "$DRAFTER_RUN/drafter" "$OUT/drafter" && cp "$DRAFTER_RUN/eval.json" "$OUT/drafter_eval.json"
   finish
 }
 
 case "$TIER" in
   tier1) tier1 ;;
   tier2) tier2 ;;
+  drafter) drafter ;;
   part) part "${2:-}" ;;
-  *) echo "unknown tier $TIER: tier1, tier2 or part K"; exit 2 ;;
+  *) echo "unknown tier $TIER: tier1, tier2, drafter or part K"; exit 2 ;;
 esac

@@ -40,7 +40,7 @@ class TrainConfig:
     max_eval_prompts: int | None = None
     soft_topk: int = 32
     # model
-    layers: int = 2
+    layers: int = 3
     block_size: int = 6
     draft_vocab: int = 16384
     target_layer_ids: tuple[int, ...] = DEFAULT_LAYER_IDS
@@ -49,8 +49,8 @@ class TrainConfig:
     decay: float = 0.7
     soft: float = 0.0
     epochs: float = 1.0
-    seqs_per_step: int = 8
-    lr: float = 1e-3
+    seqs_per_step: int = 2
+    lr: float = 3e-3
     warmup: float = 0.04
     save_every: int = 50
     seed: int = 0
