@@ -56,6 +56,7 @@ class SpeedupFloor:
         if not prior > 0:
             raise ValueError(f"prior must be > 0, got {prior}")
         self.first_wait, self.max_wait, self.smoothing, self.decay = first_wait, max_wait, smoothing, decay
+        self._prior = prior
         self._wait = [0] * batch                # plain rounds left before the next probe
         self._backoff = [first_wait] * batch    # the wait after the next round that does not pay
         self._surrogate: list[float | None] = [None] * batch  # running Ā; None: the next draft is a probe
@@ -64,14 +65,23 @@ class SpeedupFloor:
         self._awaiting: list[float | None] = [None] * batch  # last tree's expected A, until its outcome comes
         self._draft = [True] * batch            # this round's decision
 
-    def plan(self) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
-        """This round's (draft, probe) per request: draft unless waiting; a probe is a draft
-        with no running estimate (the first round, or the first after plain steps)."""
-        draft = tuple(wait == 0 for wait in self._wait)
+    def plan(self, live: tuple[bool, ...] | None = None) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+        """This round's (draft, probe) per request slot: draft unless waiting or the slot holds
+        no request (``live``, B bools; None: every slot does); a probe is a draft with no
+        running estimate (the first round, or the first after plain steps)."""
+        live = (True,) * len(self._wait) if live is None else live
+        if len(live) != len(self._wait):
+            raise ValueError(f"live must hold {len(self._wait)} values, got {len(live)}")
+        draft = tuple(wait == 0 and alive for wait, alive in zip(self._wait, live))
         probe = tuple(d and surrogate is None for d, surrogate in zip(draft, self._surrogate))
         self._wait = [max(wait - 1, 0) for wait in self._wait]
         self._draft = list(draft)
         return draft, probe
+
+    @property
+    def slots(self) -> int:
+        """Request slots."""
+        return len(self._wait)
 
     @property
     def drafting(self) -> bool:
@@ -124,8 +134,10 @@ class SpeedupFloor:
             out.append(speedup)
         return out
 
-    def keep(self, rows: list[int]) -> None:
-        """Keep the request slots ``rows`` (host ints, in the new order)."""
+    def reset(self, slots: list[int]) -> None:
+        """New requests take the slots ``slots`` (host ints): their state starts afresh."""
+        fresh = SpeedupFloor(1, self.first_wait, self.max_wait, self.smoothing, self.decay, self._prior)
         for name in ("_wait", "_backoff", "_surrogate", "_realised", "_expected", "_awaiting", "_draft"):
             values = getattr(self, name)
-            setattr(self, name, [values[i] for i in rows])
+            for slot in slots:
+                values[slot] = getattr(fresh, name)[0]

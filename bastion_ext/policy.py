@@ -2,17 +2,19 @@
 
 The decoder calls, once per round::
 
-    args = policy.plan(context_lens)                     # host-side, no sync
+    args = policy.plan(context_lens, live)               # host-side, no sync; live: which slots
+                                                         # hold a request (None: all)
     if not any(args.draft): ... a plain step; skip the rest ...
     tree = build_tree(draft_logits, k, policy.max_nodes, **args.kwargs(), context_lens=...)
     tree = policy.select(tree)                           # batch Bastion: one budget across requests;
-                                                         # requests not drafting: no nodes
+                                                         # slots not drafting: no nodes
     expected = policy.expected_accept(tree)              # read with the round's one host read
     policy.judge(n_nodes, expected, accepted, context_lens)  # host values, every round (plain ones
                                                          # too): the floor decides the next rounds
     ... verify, accept ...
-    policy.observe(surrogate_accept(tree.scores, tree.n_nodes), accept_len, tree.n_nodes > 0)
-    policy.observe_time(...)                             # for each RoundTimer.ready() entry (0 nodes: a plain step)
+    policy.observe_round(tree, accept_len)               # the surrogate's calibration
+    policy.observe_time(...)                             # each finished round's seconds (0 nodes: a plain step)
+    policy.reset(slots)                                  # new requests took these slots
 
 ``Fixed(n)`` is DDTree's fixed node budget, ``GreedyStop`` CaDDTree's grow-while-the-estimated-
 speedup-rises and ``Bastion`` the argmax of the estimated speedup over every intermediate
@@ -44,9 +46,9 @@ class BuildArgs:
 
     policy: "fixed", "greedy_stop" or "argmax". budgets: (B,) int32, the node count (fixed)
     or the cap. latency_table: (B or 1, max_nodes) fp32 or None (fixed). accept_scale: (B,)
-    fp32 or None. Not passed to build_tree: draft, B host bools, whether each request drafts
-    this round (False: it takes a plain step); probe, B host bools, whether that draft is a
-    probe after plain steps (or the first round).
+    fp32 or None. Not passed to build_tree: draft, B host bools, whether each request slot
+    drafts this round (False: it takes a plain step, or holds no request); probe, B host
+    bools, whether that draft is a probe after plain steps (or the first round).
     """
 
     policy: str
@@ -78,24 +80,35 @@ class Policy(ABC):
             raise ValueError(f"max_nodes must be an int in 1..4096, got {max_nodes!r}")
         self.max_nodes = max_nodes
         self.device = torch.device(device)
+        self._draft: tuple[bool, ...] = ()  # the last plan's, read by select
 
     def _budgets(self, batch: int, value: int) -> torch.Tensor:
         return torch.full((batch,), value, dtype=torch.int32, device=self.device)
 
     @abstractmethod
-    def plan(self, context_lens) -> BuildArgs:
-        """Build arguments for a round; context_lens: an int or B host ints (root positions)."""
+    def plan(self, context_lens, live: tuple[bool, ...] | None = None) -> BuildArgs:
+        """Build arguments for a round; context_lens: an int or B host ints (root positions);
+        live: B host bools, the slots that hold a request (None: every slot)."""
 
-    def _plan_args(self, policy: str, budget: int, batch: int, latency_table=None, accept_scale=None) -> BuildArgs:
-        return BuildArgs(policy, self._budgets(batch, budget), latency_table, accept_scale, *self._decide(batch))
+    def _plan_args(self, policy: str, budget: int, batch: int, live, latency_table=None, accept_scale=None) -> BuildArgs:
+        live = (True,) * batch if live is None else tuple(live)
+        if len(live) != batch:
+            raise ValueError(f"live must hold {batch} values (one per context length), got {len(live)}")
+        draft, probe = self._decide(batch, live)
+        self._draft = draft
+        return BuildArgs(policy, self._budgets(batch, budget), latency_table, accept_scale, draft, probe)
 
-    def _decide(self, batch: int) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
-        """This round's (draft, probe) per request: every request drafts, none probes."""
-        return (True,) * batch, (False,) * batch
+    def _decide(self, batch: int, live: tuple[bool, ...]) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+        """This round's (draft, probe) per slot: every live slot drafts, none probes."""
+        return live, (False,) * batch
 
     def select(self, tree):
-        """The tree to verify, given the one build_tree returned (the same one by default)."""
-        return tree
+        """The tree to verify, given the one build_tree returned: the slots not drafting this
+        round (a plain step, or no request) keep no nodes: they verify only their root."""
+        if all(self._draft):
+            return tree
+        drafting = torch.tensor(self._draft, device=tree.device)
+        return tree.cut(torch.where(drafting, tree.n_nodes, 0))
 
     def expected_accept(self, tree) -> torch.Tensor:
         """(B,) fp32 on the tree's device: the calibrated surrogate A of each tree as cut (0 for
@@ -118,13 +131,17 @@ class Policy(ABC):
         """Feed a round's uncalibrated surrogate A (B,) fp32 and realized accepted lengths (B,);
         drafted: (B,) bool, the requests that verified a tree (None: all)."""
 
+    def observe_round(self, tree, accept_len: torch.Tensor) -> None:
+        """Feed a verified round: the trees as verified and the accepted lengths (B,) (device
+        ops only). The slots that verified no tree leave the calibration alone."""
+        self.observe(surrogate_accept(tree.scores, tree.n_nodes), accept_len, tree.n_nodes > 0)
+
     def observe_time(self, n_nodes: int, context_len: float, seconds: float, batch: int = 1) -> None:
         """Feed a finished round's measured time (total nodes, 0 for a plain step; mean context
         length; seconds)."""
 
-    def keep_requests(self, rows) -> None:
-        """Keep the per-request state of ``rows`` only (host ints or an int64 tensor, in the new
-        order): finished requests left. Pass host ints: the floor's state is on the host."""
+    def reset(self, slots: list[int]) -> None:
+        """New requests took the slots ``slots`` (host ints): their learnt state starts afresh."""
 
 
 class Fixed(Policy):
@@ -138,8 +155,8 @@ class Fixed(Policy):
             raise ValueError(f"n must be an int in 1..max_nodes={self.max_nodes}, got {n!r}")
         self.n = n
 
-    def plan(self, context_lens) -> BuildArgs:
-        return self._plan_args(self.name, self.n, _batch_size(context_lens))
+    def plan(self, context_lens, live: tuple[bool, ...] | None = None) -> BuildArgs:
+        return self._plan_args(self.name, self.n, _batch_size(context_lens), live)
 
 
 class _CostAware(Policy):
@@ -152,17 +169,13 @@ class _CostAware(Policy):
         self.latency = latency
         self.calibrator = AcceptCalibrator(batch, device=self.device) if calibrate else None
         self.floor = SpeedupFloor(batch) if floor else None
-        self._draft: tuple[bool, ...] = (True,) * batch  # the last plan's, read by select
 
-    def _decide(self, batch: int) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    def _decide(self, batch: int, live: tuple[bool, ...]) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         if self.floor is None:
-            decision = super()._decide(batch)
-        else:
-            decision = self.floor.plan()
-            if len(decision[0]) != batch:
-                raise ValueError(f"context_lens has {batch} requests but the policy was made for batch={len(decision[0])}")
-        self._draft = decision[0]
-        return decision
+            return super()._decide(batch, live)
+        if self.floor.slots != batch:
+            raise ValueError(f"context_lens has {batch} requests but the policy was made for batch={self.floor.slots}")
+        return self.floor.plan(live)
 
     def _accept_scale(self, batch: int) -> torch.Tensor:
         if self.calibrator is None:
@@ -172,20 +185,10 @@ class _CostAware(Policy):
             raise ValueError(f"context_lens has {batch} requests but the policy was made for batch={scale.shape[0]}")
         return scale
 
-    def plan(self, context_lens) -> BuildArgs:
+    def plan(self, context_lens, live: tuple[bool, ...] | None = None) -> BuildArgs:
         batch = _batch_size(context_lens)
-        return self._plan_args(self.name, self.max_nodes, batch, self.latency.latency_table(context_lens, self.max_nodes, self.device),
+        return self._plan_args(self.name, self.max_nodes, batch, live, self.latency.latency_table(context_lens, self.max_nodes, self.device),
                                self._accept_scale(batch))
-
-    def _step_aside(self, tree):
-        """The requests not drafting this round keep no nodes: they verify only their root."""
-        if all(self._draft):
-            return tree
-        drafting = torch.tensor(self._draft, device=tree.device)
-        return tree.cut(torch.where(drafting, tree.n_nodes, 0))
-
-    def select(self, tree):
-        return self._step_aside(tree)
 
     def expected_accept(self, tree) -> torch.Tensor:
         return self._accept_scale(tree.batch_size) * surrogate_accept(tree.scores, tree.n_nodes)
@@ -220,13 +223,13 @@ class _CostAware(Policy):
         else:
             self.latency.observe(n_nodes, context_len, seconds, batch)
 
-    def keep_requests(self, rows) -> None:
-        host = rows.tolist() if isinstance(rows, torch.Tensor) else list(rows)
-        self._draft = tuple(self._draft[i] for i in host)
+    def reset(self, slots: list[int]) -> None:
         if self.floor is not None:
-            self.floor.keep(host)
+            self.floor.reset(slots)
         if self.calibrator is not None:
-            self.calibrator.keep(torch.as_tensor(rows, dtype=torch.int64, device=self.device))
+            fresh = torch.zeros(self.calibrator.scale.shape, dtype=torch.bool, device=self.device)
+            fresh[list(slots)] = True
+            self.calibrator.reset(fresh)
 
 
 class GreedyStop(_CostAware):
@@ -252,24 +255,26 @@ class Bastion(_CostAware):
         self._batch_table = None
         self._batch_scale = None
 
-    def plan(self, context_lens) -> BuildArgs:
+    def plan(self, context_lens, live: tuple[bool, ...] | None = None) -> BuildArgs:
         batch = _batch_size(context_lens)
         # A round in which nobody drafts never reaches select: nothing may outlive its plan.
         self._batch_table = self._batch_scale = None
         if batch == 1 or not self.batch_allocation:
-            return super().plan(context_lens)
-        args = self._plan_args("fixed", self.max_nodes, batch)
+            return super().plan(context_lens, live)
+        args = self._plan_args("fixed", self.max_nodes, batch, live)
         if any(args.draft):
             self._batch_table = self.latency.batch_latency_table(context_lens, batch * self.max_nodes, self.device)
             self._batch_scale = self._accept_scale(batch)
         return args
 
     def select(self, tree):
-        """Cut a batch built to the cap to the allocated per-request counts (``tree.cut``), and
-        the requests not drafting this round to no nodes."""
+        """Cut a batch built to the cap to the allocated per-request counts (``tree.cut``); the
+        slots not drafting this round take no part in the allocation and keep no nodes."""
         if self._batch_table is not None:
-            tree = tree.cut(allocate_batch_budget(tree.scores, self._batch_table, self._batch_scale))
-        return self._step_aside(tree)
+            drafting = torch.tensor(self._draft, device=tree.device)
+            scores = torch.where(drafting[:, None], tree.scores, -float("inf"))
+            tree = tree.cut(allocate_batch_budget(scores, self._batch_table, self._batch_scale))
+        return super().select(tree)
 
 
 def allocate_batch_budget(scores: torch.Tensor, batch_table: torch.Tensor, accept_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -287,7 +292,8 @@ def allocate_batch_budget(scores: torch.Tensor, batch_table: torch.Tensor, accep
     Returns
     -------
     counts : (B,) int32
-        Nodes to keep per request (>= 1); pass to ``DraftTree.cut``.
+        Nodes to keep per request (>= 1 for every request with a node; 0 for a request whose
+        scores are all -inf, e.g. a slot not drafting); pass to ``DraftTree.cut``.
 
     Notes
     -----
@@ -295,7 +301,8 @@ def allocate_batch_budget(scores: torch.Tensor, batch_table: torch.Tensor, accep
     request's pop order, so the global top-M by gain (stable sort) is a prefix of every
     request's sequence, and it has the largest surrogate A of all selections of M nodes that
     are prefixes. The M that maximises (B + A_top(M)) / T_batch(M) is kept, with every
-    request's first node forced in (a tree has at least one node). Tensor ops only: no sync.
+    request's first node forced in (a tree has at least one node), and the bonus tokens B
+    counted for the requests with a tree. Tensor ops only: no sync.
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be 2-D [batch, nodes], got shape {tuple(scores.shape)}")
@@ -309,13 +316,14 @@ def allocate_batch_budget(scores: torch.Tensor, batch_table: torch.Tensor, accep
     real = torch.isfinite(scores)
     gains = torch.exp(scores.double()).float() * scale.reshape(-1, 1)
     priority = torch.where(real, gains, -1.0)
-    priority[:, 0] = float("inf")
+    priority[:, 0] = torch.where(real[:, 0], float("inf"), -1.0)
     order = torch.sort(priority.reshape(-1), descending=True, stable=True).indices
     accepted = torch.cumsum(torch.where(real, gains, 0.0).reshape(-1)[order], dim=0)
-    speedup = (batch + accepted) / batch_table[:total].float()
+    requests = real[:, 0].sum()
+    speedup = (requests + accepted) / batch_table[:total].float()
     m = torch.arange(1, total + 1, device=scores.device)
-    feasible = (m >= batch) & real.reshape(-1)[order]
+    feasible = (m >= requests) & real.reshape(-1)[order]
     best = torch.argmax(torch.where(feasible, speedup, -float("inf")))
     rank = torch.empty(total, dtype=torch.long, device=scores.device)
     rank[order] = torch.arange(total, device=scores.device)
-    return (rank.reshape(batch, nodes) <= best).sum(dim=1).int()
+    return ((rank.reshape(batch, nodes) <= best) & real).sum(dim=1).int()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_engine import CHI2_999, OracleDrafter, _chi_square
 
+from host_reads import count_host_reads
 from conftest import EVAL_TOKENS
 
 from bastion.engine import GenerationConfig, generate_batch
@@ -60,30 +61,12 @@ def test_one_host_read_per_round(smollm2, eval_ar_outputs, cpu_latency, strategy
     per round, plus the read that finds every request finished. The latency model's own
     arithmetic is left out: it runs on host-side CPU tensors on every device (the policy plans
     from the host's context lengths), so it never waits for the device."""
-    import sys
-    from pathlib import Path
-
-    import bastion_ext.latency
-
-    host_model = str(Path(bastion_ext.latency.__file__).parent)
     from bastion.drafter import load_drafter
 
     model, _ = smollm2
     drafter = load_drafter(None, model)
     cases = eval_ar_outputs[:4]
-    reads = []
-    for name in ("tolist", "item", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, _name=name, **kwargs):
-            frame = sys._getframe(1)
-            while frame is not None and not frame.f_code.co_filename.startswith(host_model):
-                frame = frame.f_back
-            if frame is None:
-                reads.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
+    reads = count_host_reads(monkeypatch)
     config = GenerationConfig(strategy=strategy, max_new_tokens=16, stop_on_eos=False)
     results = generate_batch(model, [ids for ids, _ in cases], config, drafter=drafter, latency=cpu_latency)
     monkeypatch.undo()

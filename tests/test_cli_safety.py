@@ -107,17 +107,20 @@ def test_an_overlong_prompt_is_named_before_anything_runs(embedded, monkeypatch,
 @pytest.mark.parametrize("failure, code, message", [(KeyboardInterrupt, 130, "bastion: interrupted"),
                                                     (ValueError("boom"), 2, "bastion: error: boom")])
 def test_a_failed_run_keeps_out_and_its_finished_results(embedded, monkeypatch, tmp_path, capsys, failure, code, message):
-    from bastion.engine import generate_batch
+    from bastion.engine.batch import Batch
 
     calls = []
+    admit = Batch.admit
 
-    def fail_second(*args, **kwargs):
-        calls.append(1)
+    def fail_second(self):
+        """The second prompt's admission fails: the first is finished (one in flight)."""
+        if self.waiting and None in self.slots:
+            calls.append(1)
         if len(calls) == 2:
             raise failure
-        return generate_batch(*args, **kwargs)
+        return admit(self)
 
-    monkeypatch.setattr("bastion.engine.generate_batch", fail_second)
+    monkeypatch.setattr(Batch, "admit", fail_second)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["Say hi.", "Name a color.", "Count to three."]))
     out = tmp_path / "res.jsonl"

@@ -148,8 +148,8 @@ def test_state_grows_past_its_capacity(drafter):
 
 
 def test_ragged_batch_drafts_as_each_request_alone(drafter):
-    """Requests of different context lengths in one state (extend with counts, then keep a
-    subset of the requests) draft what each would draft alone."""
+    """Requests of different context lengths in one state (extend with counts, then a new
+    request taking one slot in place) draft what each would draft alone."""
     lengths = [5, 9, 2]
     feats, positions = features(3, 9, seed=7), torch.arange(9).expand(3, 9)
     state = drafter.new_state(3)
@@ -166,8 +166,15 @@ def test_ragged_batch_drafts_as_each_request_alone(drafter):
         drafter.extend(alone, feats[b:b + 1, :lengths[b]], positions[b:b + 1, :lengths[b]])
         drafter.extend(alone, more[b:b + 1, :int(extra[b])], lengths[b] + torch.arange(int(extra[b]))[None])
         torch.testing.assert_close(batched[b], drafter.draft(alone, roots[b:b + 1], where[b:b + 1])[0], rtol=1e-5, atol=1e-5)
-    state.keep_requests(torch.tensor([2, 0]))
-    torch.testing.assert_close(drafter.draft(state, roots[[2, 0]], where[[2, 0]]), batched[[2, 0]], rtol=1e-5, atol=1e-5)
+    keys = state.keys.data_ptr()
+    joining = features(1, 6, seed=9)
+    drafter.extend(state, joining, torch.arange(6)[None], rows=torch.tensor([1]))
+    assert state.keys.data_ptr() == keys and state.lengths.tolist() == [lengths[0] + 3, 6, lengths[2] + 4]
+    alone = drafter.new_state(1)
+    drafter.extend(alone, joining, torch.arange(6)[None])
+    again = drafter.draft(state, roots, torch.tensor([where[0], 6, where[2]]))
+    torch.testing.assert_close(again[1], drafter.draft(alone, roots[1:2], torch.tensor([6]))[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again[[0, 2]], batched[[0, 2]], rtol=1e-5, atol=1e-5)
 
 
 def test_select_features_takes_layer_outputs(tiny_target):

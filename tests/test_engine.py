@@ -24,14 +24,12 @@ class OracleState:
     """The oracle's context per request: the committed positions it was given."""
 
     def __init__(self, rows):
-        self.rows = list(rows)  # which sequence each batch row drafts
+        self.rows = list(rows)  # which sequence each batch slot drafts
         self.positions = {row: [] for row in self.rows}
 
     def set_bound(self, longest):
-        assert longest == max(len(self.positions[row]) for row in self.rows)
-
-    def keep_requests(self, rows):
-        self.rows = [self.rows[i] for i in rows.tolist()]
+        # The longest request in flight; a finished request's slot keeps its (longer) context.
+        assert longest <= max(len(p) for p in self.positions.values())
 
 
 class OracleDrafter:
@@ -53,13 +51,15 @@ class OracleDrafter:
         self.hit, self.second = hit, second
         self.generator = torch.Generator().manual_seed(seed)
 
-    def new_state(self, batch):
+    def new_state(self, batch, capacity):
         assert batch == len(self.sequences)
         return OracleState(range(batch))
 
-    def extend(self, state, target_hidden, positions, counts=None):
+    def extend(self, state, target_hidden, positions, counts=None, rows=None):
         assert target_hidden.shape[:2] == positions.shape
-        for b, row in enumerate(state.rows):
+        for b, row in enumerate(state.rows if rows is None else rows.tolist()):
+            if rows is not None:  # a new request starts in this slot
+                state.positions[row] = []
             count = positions.shape[1] if counts is None else int(counts[b])
             state.positions[row].extend(positions[b, :count].tolist())
 

@@ -166,23 +166,26 @@ def test_floor_follows_the_measured_costs():
     assert history[0][2][0] < 0.5 and drafted_rounds(history) == [0, 5]
 
 
-def test_requests_leaving_keep_the_floor_state_of_the_others():
+def test_a_request_joining_a_slot_starts_afresh_and_the_others_keep_their_state():
     policy = GreedyStop(latency(0.3), 16, batch=3)
     run_rounds(policy, ["flat", "sure", "flat"], 1)
-    policy.keep_requests([1, 2])
-    assert policy.plan([64, 64]).draft == (True, False)
-    policy.keep_requests(torch.tensor([1]))
-    assert policy.plan([64]).draft == (False,)
+    assert policy.plan([64] * 3, live=(False, True, True)).draft == (False, True, False)  # slot 0 left
+    policy.reset([0])
+    args = policy.plan([64] * 3)
+    assert args.draft == (True, True, False) and args.probe == (True, False, False)
+    with pytest.raises(ValueError, match="live"):
+        policy.plan([64] * 3, live=(True, True))
 
 
 def test_a_plain_round_leaves_nothing_for_the_next_select():
     policy = Bastion(latency(0.3), 8, batch=2)
     run_rounds(policy, ["flat", "flat"], 2)
     assert policy.plan([64, 64]).draft == (False, False)  # no select follows a plain round
-    policy.keep_requests([1])
-    args = policy.plan([64])
-    tree = policy.select(ops.build_tree(drafter_logits(["flat"]), 4, 8, context_lens=[64], **args.kwargs()))
-    assert tree.n_nodes.tolist() == [0]
+    policy.reset([1])
+    args = policy.plan([64, 64], live=(False, True))
+    assert args.draft == (False, True)
+    tree = policy.select(ops.build_tree(drafter_logits(["flat", "flat"]), 4, 8, context_lens=[64, 64], **args.kwargs()))
+    assert tree.n_nodes.tolist()[0] == 0 and tree.n_nodes.tolist()[1] > 0
 
 
 def test_plain_rows_leave_the_calibration_alone():

@@ -20,7 +20,7 @@ import torch
 from bastion_ext.ops import MAX_NODES
 
 from .engine import GenerationConfig, generate_batch
-from .engine.loop import floor_summary
+from .engine.records import floor_summary
 from .models import chat_prompt_ids
 from .prompts import load_prompts
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from bastion_ext.ops import MAX_K, MAX_NODES
 
@@ -129,6 +130,9 @@ def format_summary(name: str, summary: dict) -> str:
 class _Stdout:
     """stdout with ``AtomicLines``' interface (nothing to protect)."""
 
+    def __init__(self):
+        self.lines = 0
+
     def __enter__(self):
         return self
 
@@ -137,14 +141,17 @@ class _Stdout:
 
     def write_line(self, text: str) -> None:
         print(text, flush=True)
+        self.lines += 1
 
 
 def _generate_file(args, rows, model, tokenizer, drafter, latency, config, eos) -> int:
-    """``generate --prompts FILE``: every prompt, ``--batch-size`` at a time, one JSON object
-    per prompt (in input order) to ``--out`` or stdout; a summary per batch on stderr. Every
-    prompt is checked against the context window before the first forward."""
-    from .engine import generate_batch
-    from .engine.loop import check_context
+    """``generate --prompts FILE``: every prompt, up to ``--batch-size`` in flight (a waiting
+    prompt joins as soon as one finishes), one JSON object per prompt to ``--out`` or stdout,
+    in input order, each written as soon as it and every prompt before it are finished; a
+    summary on stderr. Every prompt is checked against the context window before the first
+    forward."""
+    from . import engine
+    from .engine.config import check_context
 
     positions = 0 if drafter is None else drafter.block_size - 1
     all_ids = []
@@ -154,18 +161,25 @@ def _generate_file(args, rows, model, tokenizer, drafter, latency, config, eos) 
             check_context(model, len(all_ids[-1]), args.max_new_tokens, positions)
         except ValueError as err:
             raise UserError(f"{args.prompts}:{row['line']}: {err}; nothing generated") from None
+    start = time.perf_counter()
+    finished: dict[int, str] = {}
     with AtomicLines(args.out) if args.out else _Stdout() as out:
-        for start in range(0, len(rows), args.batch_size):
-            chunk = rows[start:start + args.batch_size]
-            results = generate_batch(model, all_ids[start:start + args.batch_size], config, drafter=drafter,
-                                     latency=latency, eos_token_ids=eos)
-            for row, result in zip(chunk, results):
-                out.write_line(json.dumps({"id": row["id"], "prompt": row["prompt"], "text": tokenizer.decode(result.tokens, skip_special_tokens=True),
-                                           "token_ids": result.tokens, "new_tokens": len(result.tokens), "rounds": len(result.rounds),
-                                           "mean_accept_len": result.mean_accept_len, "batch_seconds": result.total_s}))
-            tokens = sum(len(r.tokens) for r in results)
-            print(f"[{args.strategy}] prompts {start + 1}-{start + len(chunk)} of {len(rows)}: {tokens} tokens in "
-                  f"{results[0].total_s:.2f} s = {tokens / results[0].total_s:.2f} tokens/s (batch {len(chunk)})", file=sys.stderr)
+
+        def write_finished(index: int, tokens: list[int], rounds: list[dict]) -> None:
+            row = rows[index]
+            finished[index] = json.dumps({
+                "id": row["id"], "prompt": row["prompt"], "text": tokenizer.decode(tokens, skip_special_tokens=True),
+                "token_ids": tokens, "new_tokens": len(tokens), "rounds": len(rounds),
+                "mean_accept_len": sum(r["accept_len"] for r in rounds) / max(len(rounds), 1),
+                "finished_s": time.perf_counter() - start})
+            while out.lines in finished:  # the next line in input order is ready
+                out.write_line(finished.pop(out.lines))
+
+        results = engine.generate_batch(model, all_ids, config, drafter=drafter, latency=latency, eos_token_ids=eos,
+                                        batch_size=args.batch_size, on_finish=write_finished)
+    tokens = sum(len(r.tokens) for r in results)
+    print(f"[{args.strategy}] {len(rows)} prompts, up to {args.batch_size} in flight: {tokens} tokens in "
+          f"{results[0].total_s:.2f} s = {tokens / results[0].total_s:.2f} tokens/s", file=sys.stderr)
     return 0
 
 

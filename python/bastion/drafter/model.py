@@ -52,12 +52,15 @@ class DrafterState:
     keys/values: (num_layers, batch, kv_heads, capacity, head_dim); request ``b`` fills its
     first ``lengths[b]`` slots ((batch,) int64 on the device). ``bound`` (a host int) is at
     least every length: attention reads that many slots, a mask hiding each request's slots
-    past its own length once the lengths have differed. Capacity doubles when full.
+    past its own length once the lengths have differed. Capacity doubles when full (give the
+    engine's capacity up front and the storage never moves).
     """
 
     def __init__(self, config: DFlashConfig, batch_size: int, dtype: torch.dtype, device, capacity: int = 256):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, capacity, config.head_dim)
         # Zeros, not empty: a masked slot is still multiplied by its (zero) probability, and
         # uninitialised memory there can hold NaN, which 0 * NaN would carry into the logits.
@@ -71,35 +74,41 @@ class DrafterState:
     def batch_size(self) -> int:
         return self.keys.shape[1]
 
-    def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]], counts: torch.Tensor | None = None) -> None:
-        """Add one (keys, values) pair per layer, each (batch, kv_heads, n, head_dim), after each
-        request's filled slots; with ``counts`` ((batch,) int64) request b keeps only its first
+    def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]], counts: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None) -> None:
+        """Add one (keys, values) pair per layer, each (r, kv_heads, n, head_dim): after every
+        request's filled slots (``rows`` None, r = batch), or as the whole new context of the
+        requests ``rows`` ((r,) int64 on the device: new requests take those slots; the others
+        stay as they are). With ``counts`` ((r,) int64) request b keeps only its first
         ``counts[b]`` (the rest is written but lies past its length)."""
         n = kv[0][0].shape[2]
-        if self.bound + n > self.keys.shape[3]:
-            grown = max(2 * self.keys.shape[3], self.bound + n)
+        extent = n if rows is not None else self.bound + n
+        if extent > self.keys.shape[3]:
+            grown = max(2 * self.keys.shape[3], extent)
             pad = list(self.keys.shape)
             pad[3] = grown - pad[3]
             self.keys = torch.cat([self.keys, self.keys.new_zeros(pad)], dim=3)
             self.values = torch.cat([self.values, self.values.new_zeros(pad)], dim=3)
         batch, heads, _, head_dim = kv[0][0].shape
-        slots = (self.lengths[:, None] + torch.arange(n, device=self.lengths.device))[:, None, :, None]
-        index = slots.expand(batch, heads, n, head_dim)
-        for layer, (k, v) in enumerate(kv):
-            self.keys[layer].scatter_(2, index, k)
-            self.values[layer].scatter_(2, index, v)
-        self.lengths += n if counts is None else counts
-        self.bound += n
-        self.ragged = self.ragged or counts is not None
+        offsets = torch.arange(n, device=self.lengths.device)
+        if rows is None:
+            index = (self.lengths[:, None] + offsets)[:, None, :, None].expand(batch, heads, n, head_dim)
+            for layer, (k, v) in enumerate(kv):
+                self.keys[layer].scatter_(2, index, k)
+                self.values[layer].scatter_(2, index, v)
+            self.lengths += n if counts is None else counts
+        else:
+            where = (rows[:, None, None], torch.arange(heads, device=rows.device)[None, :, None], offsets[None, None, :])
+            for layer, (k, v) in enumerate(kv):
+                self.keys[layer].index_put_(where, k)
+                self.values[layer].index_put_(where, v)
+            self.lengths.index_copy_(0, rows, torch.full_like(rows, n) if counts is None else counts)
+        self.bound = max(self.bound, n) if rows is not None else self.bound + n
+        self.ragged = self.ragged or counts is not None or rows is not None
 
     def set_bound(self, longest: int) -> None:
         """The longest request's length, as the caller knows it (tightens ``bound``)."""
         self.bound = longest
-
-    def keep_requests(self, rows: torch.Tensor) -> None:
-        """Keep only the requests ``rows`` (int64 indices on the device)."""
-        self.keys, self.values = self.keys.index_select(1, rows), self.values.index_select(1, rows)
-        self.lengths = self.lengths.index_select(0, rows)
 
     def layer_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[layer, :, :, :self.bound], self.values[layer, :, :, :self.bound]
@@ -279,24 +288,28 @@ class DFlashDrafter(nn.Module):
 
     # -- the engine's interface --------------------------------------------------------------
 
-    def new_state(self, batch_size: int) -> DrafterState:
-        """An empty context cache for ``batch_size`` sequences."""
-        return DrafterState(self.config, batch_size, self.fc.weight.dtype, self.fc.weight.device)
+    def new_state(self, batch_size: int, capacity: int = 256) -> DrafterState:
+        """An empty context cache for ``batch_size`` sequences of ``capacity`` tokens (it
+        grows past that by reallocation)."""
+        return DrafterState(self.config, batch_size, self.fc.weight.dtype, self.fc.weight.device, capacity)
 
     @torch.no_grad()
     def extend(self, state: DrafterState, target_hidden: torch.Tensor, positions: torch.Tensor,
-               counts: torch.Tensor | None = None) -> None:
+               counts: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> None:
         """Append newly committed tokens to the context.
 
-        target_hidden: (batch, n, F) features from ``select_features``; positions: (batch, n)
-        int64 absolute positions of those tokens; counts: (batch,) int64, how many of the n
-        request b commits (default all: the rest of its row is padding).
+        target_hidden: (r, n, F) features from ``select_features``; positions: (r, n) int64
+        absolute positions of those tokens; counts: (r,) int64, how many of the n request b
+        commits (default all: the rest of its row is padding); rows: (r,) int64, requests of
+        the state that start afresh with these tokens (new requests in those slots; default:
+        every request, extended).
         """
-        if target_hidden.dim() != 3 or target_hidden.shape[0] != state.batch_size:
-            raise ValueError(f"target_hidden must be (batch={state.batch_size}, n, F), got shape {tuple(target_hidden.shape)}")
+        expected = state.batch_size if rows is None else len(rows)
+        if target_hidden.dim() != 3 or target_hidden.shape[0] != expected:
+            raise ValueError(f"target_hidden must be (batch={expected}, n, F), got shape {tuple(target_hidden.shape)}")
         if positions.shape != target_hidden.shape[:2]:
             raise ValueError(f"positions must have shape {tuple(target_hidden.shape[:2])}, got {tuple(positions.shape)}")
-        state.append(self._context_kv(target_hidden, positions), counts)
+        state.append(self._context_kv(target_hidden, positions), counts, rows)
 
     @torch.no_grad()
     def draft(self, state: DrafterState, root_tokens: torch.Tensor, root_positions: torch.Tensor) -> torch.Tensor:

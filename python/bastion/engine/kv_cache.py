@@ -6,7 +6,12 @@ its new tokens right after them (slot ``lengths[b] + j`` for input column ``j``)
 other requests' lengths. Attention sees slots ``0 .. active - 1`` with ``active`` the longest
 request's extent this forward; the mask hides every other request's slots past its own end.
 Nothing is concatenated or sliced per round, so a round's cost does not grow with the context
-beyond attention itself.
+beyond attention itself, and the storage never moves while a batch runs: a request leaving or
+joining changes ``lengths`` and the caller's live mask, never ``kv``.
+
+A forward may address a subset of the requests (``rows``: a request joining a running batch
+has its prompt prefilled alone): it writes into those rows only and attends over a gathered
+copy of them; ``rows`` None (every round) reads the buffer in place.
 
 Transformers' attention layers call ``update(key_states, value_states, layer_idx, ...)`` on the
 object passed as the forward's cache; that is the whole interface this class implements.
@@ -34,6 +39,8 @@ class RaggedKVCache:
         values at ``2 l + 1`` (the layout ``compact_kv`` takes).
     lengths : (batch,) int64 on the device: committed tokens per request.
     active : the slots attention reads this forward (set by the caller, a host int).
+    rows : (r,) int64 on the device, the requests this forward addresses in its batch order,
+        or None for all of them (set by the caller).
     """
 
     def __init__(self, config, batch: int, capacity: int, dtype: torch.dtype, device):
@@ -42,30 +49,33 @@ class RaggedKVCache:
         self.kv = torch.zeros((2 * config.num_hidden_layers, batch, heads, capacity, head_dim), dtype=dtype, device=device)
         self.lengths = torch.zeros((batch,), dtype=torch.int64, device=device)
         self.active = 0
+        self.rows: torch.Tensor | None = None
 
     @property
     def capacity(self) -> int:
         return self.kv.shape[3]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        """Write a forward's new keys/values (batch, kv_heads, q, head_dim) after each request's
-        committed tokens; return the layer's (batch, kv_heads, active, head_dim) keys and values."""
+        """Write a forward's new keys/values (r, kv_heads, q, head_dim) after each addressed
+        request's committed tokens; return the layer's (r, kv_heads, active, head_dim) keys and
+        values (views of the buffer when every request is addressed)."""
         batch, heads, q, head_dim = key_states.shape
-        slots = (self.lengths[:, None] + torch.arange(q, device=self.lengths.device))[:, None, :, None]
-        index = slots.expand(batch, heads, q, head_dim)
         keys, values = self.kv[2 * layer_idx], self.kv[2 * layer_idx + 1]
-        keys.scatter_(2, index, key_states.to(keys.dtype))
-        values.scatter_(2, index, value_states.to(values.dtype))
-        return keys[:, :, : self.active], values[:, :, : self.active]
+        lengths = self.lengths if self.rows is None else self.lengths.index_select(0, self.rows)
+        slots = lengths[:, None] + torch.arange(q, device=lengths.device)
+        if self.rows is None:
+            index = slots[:, None, :, None].expand(batch, heads, q, head_dim)
+            keys.scatter_(2, index, key_states.to(keys.dtype))
+            values.scatter_(2, index, value_states.to(values.dtype))
+            return keys[:, :, : self.active], values[:, :, : self.active]
+        where = (self.rows[:, None, None], torch.arange(heads, device=slots.device)[None, :, None], slots[:, None, :])
+        keys.index_put_(where, key_states.to(keys.dtype))
+        values.index_put_(where, value_states.to(values.dtype))
+        return keys.index_select(0, self.rows)[:, :, : self.active], values.index_select(0, self.rows)[:, :, : self.active]
 
-    def compact(self, accepted_nodes: torch.Tensor, accept_len: torch.Tensor) -> None:
+    def compact(self, accepted_nodes: torch.Tensor, accept_len: torch.Tensor, live: torch.Tensor) -> None:
         """Keep the root and the accepted path of the last verify forward (a ``VerifyResult``'s
-        (batch, P) int32 path and (batch,) int32 length); the committed lengths grow by
-        ``1 + accept_len``. Device ops only."""
+        (batch, P) int32 path and (batch,) int32 length); the committed lengths of the live
+        requests ((batch,) int64, 1 or 0) grow by ``1 + accept_len``. Device ops only."""
         ops.compact_kv(self.kv, self.lengths, accepted_nodes, accept_len)
-        self.lengths += 1 + accept_len.to(torch.int64)
-
-    def keep_requests(self, rows: torch.Tensor) -> None:
-        """Keep only the requests ``rows`` (int64 indices, in the new order)."""
-        self.kv = self.kv.index_select(1, rows)
-        self.lengths = self.lengths.index_select(0, rows)
+        self.lengths += (1 + accept_len.to(torch.int64)) * live

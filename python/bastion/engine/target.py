@@ -38,7 +38,9 @@ class TargetCache:
 
     ``lengths`` (device) counts each request's committed tokens; ``bound`` (host) is at least
     their maximum, kept without reading the device: the engine tightens it with
-    :meth:`set_bound` when it reads the committed tokens.
+    :meth:`set_bound` when it reads the committed tokens. ``live`` ((batch,) int64 on the
+    device, all 1 at first) marks the slots that hold a request: a forward runs over every
+    slot (fixed shapes), but only live slots' committed lengths grow.
     """
 
     def __init__(self, model, batch: int, capacity: int, want_hidden: bool):
@@ -46,6 +48,7 @@ class TargetCache:
         self.want_hidden = want_hidden
         self.cache = RaggedKVCache(model.config, batch, capacity, model.dtype, model.device)
         self.bound = 0
+        self.live = torch.ones((batch,), dtype=torch.int64, device=model.device)
         self._cache_keyword = _cache_keyword(model)
         self._tree_attention = getattr(model.config, "_attn_implementation", None) == ATTN_IMPLEMENTATION
         self._verify_mask: torch.Tensor | None = None  # (batch, 1, N + 1, capacity), allocated once
@@ -66,13 +69,14 @@ class TargetCache:
         """The longest request's committed length, as the host knows it."""
         self.bound = longest
 
-    def _additive_mask(self, sees_new: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, 1, q, active) mask of a forward of q new tokens per request: every token sees
-        its request's committed slots, and new token j sees new token i iff ``sees_new[b, j, i]``.
-        Written into ``out`` (a (batch, 1, >= q, >= active) buffer) when given."""
+    def _additive_mask(self, sees_new: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(r, 1, q, active) mask of a forward of q new tokens for r requests with ``lengths``
+        (r,) committed tokens: every token sees its request's committed slots, and new token j
+        sees new token i iff ``sees_new[b, j, i]``. Written into ``out`` (a (r, 1, >= q,
+        >= active) buffer) when given."""
         batch, q, _ = sees_new.shape
         active = self.cache.active
-        rel = torch.arange(active, device=self.device) - self.lengths[:, None]  # slot - committed length
+        rel = torch.arange(active, device=self.device) - lengths[:, None]  # slot - committed length
         new = sees_new.gather(2, rel.clamp(0, q - 1)[:, None, :].expand(batch, q, active))
         allowed = (rel < 0)[:, None, :] | (new & (rel < q)[:, None, :])
         dtype = self.model.dtype
@@ -92,22 +96,36 @@ class TargetCache:
         return self.model.get_output_embeddings()(hidden).float()
 
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]]):
-        """Run the prompts (one per request, non-empty, any lengths) through the model and cache them.
+    def prefill(self, prompts: list[list[int]], rows: list[int] | None = None):
+        """Run the prompts (one per request, non-empty, any lengths) through the model and cache
+        them, in slots ``rows`` (host ints, one per prompt; None: every slot in order). The
+        other slots are neither read nor written.
 
-        Returns (logits (batch, V) fp32 of each prompt's last token, hidden states: a tuple of
-        (batch, max prompt length, d) per layer, right-padded, or None).
+        Returns (logits (r, V) fp32 of each prompt's last token, hidden states: a tuple of
+        (r, max prompt length, d) per layer, right-padded, or None).
         """
         lens = torch.tensor([len(p) for p in prompts], dtype=torch.int64, device=self.device)
         longest = max(len(p) for p in prompts)
         tokens = torch.tensor([p + [0] * (longest - len(p)) for p in prompts], dtype=torch.int64, device=self.device)
         positions = torch.arange(longest, device=self.device).expand(len(prompts), longest)
         causal = torch.ones((longest, longest), dtype=torch.bool, device=self.device).tril()
-        self.rewind(0)
-        self.cache.active = longest
-        hidden, states = self._forward(tokens, positions, self._additive_mask(causal.expand(len(prompts), -1, -1)))
-        self.cache.lengths.copy_(lens)
-        self.bound = longest
+        index = None if rows is None else torch.tensor(rows, dtype=torch.int64, device=self.device)
+        if index is None:
+            self.cache.lengths.zero_()
+        else:
+            self.cache.lengths.index_fill_(0, index, 0)
+        self.cache.active, self.cache.rows = longest, index
+        try:
+            mask = self._additive_mask(causal.expand(len(prompts), -1, -1), torch.zeros_like(lens))
+            hidden, states = self._forward(tokens, positions, mask)
+        finally:
+            self.cache.rows = None
+        if index is None:
+            self.cache.lengths.copy_(lens)
+            self.bound = longest
+        else:
+            self.cache.lengths.index_copy_(0, index, lens)
+            self.bound = max(self.bound, longest)
         last = hidden.gather(1, (lens - 1)[:, None, None].expand(-1, 1, hidden.shape[2]))[:, 0]
         return self._logits(last), states
 
@@ -123,8 +141,8 @@ class TargetCache:
         Returns (logits (batch, V) fp32, hidden states)."""
         self.cache.active = self.bound + 1
         sees_self = torch.ones((self.batch_size, 1, 1), dtype=torch.bool, device=self.device)
-        hidden, states = self._forward(tokens[:, None], self.lengths[:, None], self._additive_mask(sees_self))
-        self.cache.lengths += 1
+        hidden, states = self._forward(tokens[:, None], self.lengths[:, None], self._additive_mask(sees_self, self.lengths))
+        self.cache.lengths += self.live
         self.bound += 1
         return self._logits(hidden[:, -1]), states
 
@@ -154,21 +172,15 @@ class TargetCache:
             if self._verify_mask is None or self._verify_mask.shape[2] < n + 1:
                 self._verify_mask = torch.empty((self.batch_size, 1, tree.max_nodes + 1, self.cache.capacity),
                                                 dtype=self.model.dtype, device=self.device)
-            hidden, states = self._forward(tokens, positions, self._additive_mask(tree.verify_visibility(n), self._verify_mask))
+            hidden, states = self._forward(tokens, positions, self._additive_mask(tree.verify_visibility(n), lengths, self._verify_mask))
         return self._logits(hidden), states
 
     @torch.inference_mode()
     def commit(self, accepted_nodes: torch.Tensor, accept_len: torch.Tensor) -> None:
         """Keep the root and the accepted path of the last verify (device ops only)."""
-        self.cache.compact(accepted_nodes, accept_len)
+        self.cache.compact(accepted_nodes, accept_len, self.live)
 
     def rewind(self, length: int) -> None:
         """Forget everything after the first ``length`` tokens of every request (calibration)."""
         self.cache.lengths.fill_(length)
         self.bound = length
-
-    def keep_requests(self, rows: torch.Tensor) -> None:
-        """Keep only the requests ``rows`` (int64 indices on the device)."""
-        self.cache.keep_requests(rows)
-        if self._verify_mask is not None:
-            self._verify_mask = self._verify_mask[: len(rows)]
