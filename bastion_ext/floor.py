@@ -4,17 +4,18 @@ A round with a tree costs the drafter forward, the build and a verify of the roo
 nodes; a plain step costs a forward of the root alone. When the best tree's estimated
 tokens per round do not pay for that difference, the request steps aside (verifies only its
 root) for a while and then probes again: one drafted round, whose estimate decides whether it
-keeps drafting. A round estimated at S < 1 loses 1 - S of a plain step, so the wait after it
-is (1 - S) / probe_cost rounds: a drafter that never pays (S far below 1) costs a few probes
-per hundred tokens, at most ``probe_cost`` of the time, and one estimated near 1 is tried
-again soon, since its probes cost next to nothing and it may well pay.
+keeps drafting. A round at S < 1 loses 1 - S of a plain step, so the wait after it is
+(1 - S) / probe_cost rounds, S the lower of its estimate and what the request's recent trees
+realised: a drafter that never pays costs a few probes per hundred tokens, at most
+``probe_cost`` of the time, and one estimated near 1 is tried again soon, since its probes
+cost next to nothing and it may well pay.
 
 The estimate of request b, judged each round it drafts:
 
     S_b = (1 + Ā_b * r_b) * T_plain / T_round
 
-Ā_b is the calibrated surrogate A of its trees, smoothed over its consecutive drafted rounds
-(a probe starts afresh). r_b = (R_b + prior) / (E_b + prior) is a second calibration from the
+Ā_b is the calibrated surrogate A of its trees, a mean over its consecutive drafted rounds
+with fading weights (a probe starts afresh). r_b = (R_b + prior) / (E_b + prior) is a second calibration from the
 realised accepted lengths R_b against the expected ones E_b (decayed sums), which arrive one
 round after each tree; the prior, a few tokens on each side, is what keeps a good drafter's
 run of misses from stopping it, while a drafter that is confident and wrong runs up E_b, and
@@ -54,7 +55,7 @@ class SpeedupFloor:
         Tokens added to each side of r (r starts at 1, and moves by evidence of a few tokens).
     """
 
-    def __init__(self, batch: int, probe_cost: float = 0.02, max_wait: int = 64, smoothing: float = 0.8,
+    def __init__(self, batch: int, probe_cost: float = 0.01, max_wait: int = 64, smoothing: float = 0.8,
                  decay: float = 0.8, prior: float = 2.0):
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an int >= 1, got {batch!r}")
@@ -69,12 +70,13 @@ class SpeedupFloor:
             raise ValueError(f"prior must be > 0, got {prior}")
         self.probe_cost, self.max_wait, self.smoothing, self.decay, self.prior = probe_cost, max_wait, smoothing, decay, prior
         self._wait = [0] * batch                # plain rounds left before the next probe
-        self._surrogate: list[float | None] = [None] * batch  # running Ā; None: the next draft is a probe
+        # Running Ā as (weighted sum, sum of weights) of the run's surrogates; None: the next draft is a probe.
+        self._surrogate: list[tuple[float, float] | None] = [None] * batch
         self._realised = [0.0] * batch          # decayed sums of realised and of expected accepted
         self._expected = [0.0] * batch          # lengths: r = (realised + prior) / (expected + prior)
         self._outcomes = [0.0] * batch          # the decayed count of the rounds in those sums
-        self._stopped: list[tuple[float, float] | None] = [None] * batch  # (running Ā, T_round) of the
-        # round that stopped drafting, until its outcome comes
+        # (running Ā, T_round) of the round that stopped drafting, until its outcome comes.
+        self._stopped: list[tuple[tuple[float, float], float] | None] = [None] * batch
         self._awaiting: list[float | None] = [None] * batch  # last tree's expected A, until its outcome comes
         self._draft = [True] * batch            # this round's decision
 
@@ -128,9 +130,11 @@ class SpeedupFloor:
                 out.append(None)
                 continue
             self._awaiting[b] = expected_accept[b]
-            surrogate = expected_accept[b]
-            if self._surrogate[b] is not None:
-                surrogate = self.smoothing * self._surrogate[b] + (1.0 - self.smoothing) * surrogate
+            # A mean with fading weights, not a running value started at the probe's: a probe's
+            # surrogate (the first of a request, before any calibration) can be far off, and it
+            # should count as one round, not as all the rounds before it.
+            total, weight = self._surrogate[b] or (0.0, 0.0)
+            surrogate = (self.smoothing * total + expected_accept[b], self.smoothing * weight + 1.0)
             speedup = self._speedup(b, surrogate, plain_seconds / round_seconds)
             if speedup >= 1.0:
                 self._surrogate[b] = surrogate
@@ -140,9 +144,11 @@ class SpeedupFloor:
             out.append(speedup)
         return out
 
-    def _speedup(self, b: int, surrogate: float, ratio: float) -> float:
-        """S_b of a tree with running surrogate ``surrogate``, ``ratio`` = T_plain / T_round."""
-        return (1.0 + surrogate * (self._realised[b] + self.prior) / (self._expected[b] + self.prior)) * ratio
+    def _speedup(self, b: int, surrogate: tuple[float, float], ratio: float) -> float:
+        """S_b of a tree with running surrogate ``surrogate`` (weighted sum, weight), ``ratio`` =
+        T_plain / T_round."""
+        total, weight = surrogate
+        return (1.0 + total / weight * (self._realised[b] + self.prior) / (self._expected[b] + self.prior)) * ratio
 
     def _review(self, b: int, plain_seconds: float) -> None:
         """Judge the round that stopped request b again, now that its outcome is in r (and the
@@ -160,13 +166,16 @@ class SpeedupFloor:
         (``ratio`` = T_plain / T_round): a probe like it loses 1 - S of a plain step, so waiting
         (1 - S) / probe_cost rounds keeps the probes of a drafter that never pays under
         ``probe_cost`` of the time, while one estimated near 1, whose probes cost next to nothing
-        and which may well pay (the estimate is noisy), is tried again soon. (Waits that
-        doubled after every probe that did not pay left such a drafter in plain steps for most
-        of a request.) S is the lower of the estimate and what the request's recent trees
-        realised, (1 + mean accepted) * ratio: a drafter that is confident and wrong keeps its
-        estimate near 1 (r has a prior and a memory), but not what its rounds cost."""
-        if self._outcomes[b] > 0:
-            speedup = min(speedup, (1.0 + self._realised[b] / self._outcomes[b]) * ratio)
+        and which may well pay (the estimate is noisy), is tried again soon: waits that doubled
+        after every probe that did not pay kept such a drafter in plain steps for most of a
+        request. S is the lower of the estimate and what the request's recent trees realised,
+        (1 + mean accepted) * ratio: a drafter that is confident and wrong keeps its estimate
+        near 1 (r has a prior and a memory), but not what its rounds cost."""
+        # The realised mean, with the estimate's tokens (speedup / ratio - 1) standing in for
+        # ``prior`` rounds: two misses at the start of a request are no evidence yet.
+        estimate = speedup / ratio - 1.0
+        realised = (self._realised[b] + self.prior * estimate) / (self._outcomes[b] + self.prior)
+        speedup = min(speedup, (1.0 + realised) * ratio)
         return min(self.max_wait, max(1, math.ceil((1.0 - speedup) / self.probe_cost)))
 
     def keep(self, rows: list[int]) -> None:

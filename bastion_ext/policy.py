@@ -194,9 +194,10 @@ class _CostAware(Policy):
               context_lens: list[int]) -> list[float | None]:
         """Request b's estimate: S_b = (1 + A_b * r_b) * T_plain(B, c) / T_round(M, c, B), with
         A_b its calibrated surrogate for the tree this policy chose (its best by its own rule),
-        smoothed over consecutive drafted rounds, and r_b the floor's fast correction from
+        smoothed over consecutive drafted rounds, and r_b the floor's correction from
         realised accepted lengths; M the round's nodes over the batch, c the mean root
-        position; both times modelled and corrected by measured rounds and plain steps.
+        position; both times modelled and corrected by measured rounds and plain steps
+        (``plain_seconds``: before the first plain step, no more than the model's).
         S_b < 1: request b takes plain steps until its next probe (``SpeedupFloor``)."""
         if self.floor is None:
             return [None] * len(n_nodes)

@@ -45,6 +45,15 @@ def random_drafter(model):
     return twin
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-category", type=int, default=2, help="eval prompts per category")
@@ -92,7 +101,7 @@ def main():
             rates[name].append(tokens[name] / seconds[name])
         print(f"repeat {repeat}: " + ", ".join(f"{name} {rates[name][-1]:.2f}" for name in configs), flush=True)
     ar = statistics.median(rates["ar"]) if "ar" in rates else None
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread, bf16, {len(prompts)} eval prompts "
+    print(f"{cpu_name()}, {torch.get_num_threads()} thread, bf16, {len(prompts)} eval prompts "
           f"({', '.join(r['id'] for r in prompts)}) x {args.max_new_tokens} tokens, T=0, {args.repeats} repeats")
     print(f"{'config':<18}{'tok/s':>8}{'vs ar':>7}{'min':>8}{'max':>8}{'drafted':>9}{'tree':>6}{'=ar':>7}")
     for name in configs:

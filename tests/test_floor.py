@@ -62,16 +62,16 @@ def drafted_rounds(history, request=0):
 def test_floor_engages_when_no_tree_pays(policy_type):
     # Drafting costs 0.3 s against a ~0.09 s plain step: only a tree of ~4+ sure tokens pays.
     policy = policy_type(latency(0.3), 16, batch=2)
-    history = run_rounds(policy, ["flat", "sure"], 100)
-    # The flat drafter: the first round and probes after waits of (1 - S) / 0.02 = 39 plain
-    # rounds (S = 0.24): its probes cost under 2% of the time.
-    assert drafted_rounds(history, 0) == [0, 40, 80]
+    history = run_rounds(policy, ["flat", "sure"], 140)
+    # The flat drafter: the first round and probes after waits of (1 - S) / 0.01 = 77 plain
+    # rounds (S = 0.24), capped at 64: its probes cost under 1% of the time.
+    assert drafted_rounds(history, 0) == [0, 65, 130]
     assert all(history[r][1][0] for r in drafted_rounds(history, 0))  # each of them a probe
     assert all(history[r][2][0] == pytest.approx(0.236, abs=1e-3) for r in drafted_rounds(history, 0))
     # The sure drafter beside it keeps drafting every round, and its trees are estimated to pay.
-    assert drafted_rounds(history, 1) == list(range(100))
+    assert drafted_rounds(history, 1) == list(range(140))
     assert all(estimates[1] > 1 for _, _, estimates in history)
-    assert [probe[1] for _, probe, _ in history] == [True] + [False] * 99
+    assert [probe[1] for _, probe, _ in history] == [True] + [False] * 139
 
 
 @pytest.mark.parametrize("policy_type", [GreedyStop, Bastion])
@@ -105,11 +105,11 @@ def test_waits_follow_the_estimate_and_a_paying_probe_resumes():
         if probe[0]:
             probes.append(r)
     # A probe that does not pay (S = 1 / 1.5) waits (1 - S) / 0.03 = 12 plain rounds, capped
-    # at 8; the probe at 27 pays. When the trees stop paying (30), the running Ā (1 token,
-    # then 0.8, 0.64, 0.51, 0.41) drops below 0.5 at round 33: S = 0.94, but the recent trees
-    # realised 0.29 tokens a round (S = 0.86), so a wait of 5 rounds; then the 8-round waits.
-    assert drafted == [0, 9, 18, 27, 28, 29, 30, 31, 32, 33, 39, 48, 57]
-    assert probes == [0, 9, 18, 27, 39, 48, 57]
+    # at 8; the probe at 27 pays. When the trees stop paying (30), the running Ā (the mean of
+    # 1, 1, 1, 0, 0 with weights fading by 0.8: 0.66, then 0.46) drops below 0.5 at round 31
+    # (S = 0.98: a wait of 1 round), and the 8-round waits start again.
+    assert drafted == [0, 9, 18, 27, 28, 29, 30, 31, 33, 42, 51]
+    assert probes == [0, 9, 18, 27, 33, 42, 51]
 
 
 def test_the_running_estimate_smooths_one_bad_round():
@@ -118,8 +118,8 @@ def test_the_running_estimate_smooths_one_bad_round():
     assert floor.judge([3.0], [0], 2.0, 1.0) == [pytest.approx(2.0)]
     floor.plan()
     # One round the drafter is unsure (A = 0.2) after a tree that accepted its 3 expected
-    # tokens: the running estimate 1 + 0.8 * 3 + 0.2 * 0.2 still pays for a round of 2 steps.
-    assert floor.judge([0.2], [3], 2.0, 1.0) == [pytest.approx(1.72)]
+    # tokens: the running estimate 1 + (0.8 * 3 + 0.2) / 1.8 still pays for a round of 2 steps.
+    assert floor.judge([0.2], [3], 2.0, 1.0) == [pytest.approx(1.2222, abs=1e-4)]
     assert floor.plan()[0] == (True,)
 
 
@@ -127,7 +127,7 @@ def test_a_confident_wrong_drafter_is_caught_by_its_outcomes():
     floor = SpeedupFloor(1)
     drafted = []
     accepted = 0
-    for r in range(40):
+    for r in range(41):
         draft, _ = floor.plan()
         # Every tree expects 3 accepted tokens (the calibrated surrogate) and accepts none.
         floor.judge([3.0], [accepted], 1.5, 1.0)
@@ -137,18 +137,19 @@ def test_a_confident_wrong_drafter_is_caught_by_its_outcomes():
     # Round 0 looks good (4 tokens for 1.5 steps); its outcome (nothing) arrives in round 1,
     # and each round's brings r = 2 / (2 + E) down with E, the expected tokens not accepted
     # (3, 5.4, 7.3, ...): S = 1.47, 1.21, 1.10, 1.04, then below 1 at round 5. Its estimate
-    # stays near 1, but its rounds realised nothing (S = 1 / 1.5): probes 18 rounds apart.
-    assert drafted == [0, 1, 2, 3, 4, 5, 23]
+    # stays near 1, but its rounds realised nothing: 0 tokens over its 5 (decayed: 3.4)
+    # outcomes and the estimate's 0.5 for 2 more give S = 0.79, a wait of 21 rounds.
+    assert drafted == [0, 1, 2, 3, 4, 5, 27]
 
 
 def test_a_stop_is_judged_again_on_its_outcome():
     floor = SpeedupFloor(2)
     drafted, probes = ([], []), ([], [])
     previous = (False, False)
-    for r in range(8):
+    for r in range(10):
         draft, probe = floor.plan()
         # Both probes at round 0 expect 0.4 tokens: 1.4 for a round of 1.5 steps does not pay
-        # (S = 0.93: a wait of (1 - S) / 0.02 = 4 rounds).
+        # (S = 0.93: a wait of (1 - S) / 0.01 = 7 rounds).
         # Request 0's accepts 2 (r = (2 + 2) / (0.4 + 2)), request 1's nothing.
         accepted = [2 if r == 1 else int(previous[0]), 0]
         floor.judge([0.4, 0.4], accepted, 1.5, 1.0)
@@ -159,8 +160,8 @@ def test_a_stop_is_judged_again_on_its_outcome():
             if probe[b]:
                 probes[b].append(r)
     # Request 0 resumes after one plain step, its running estimate kept (no probe); request 1
-    # waits its 4 plain rounds.
-    assert drafted == ([0, 2, 3, 4, 5, 6, 7], [0, 5]) and probes == ([0], [0, 5])
+    # waits its 7 plain rounds.
+    assert drafted == ([0, 2, 3, 4, 5, 6, 7, 8, 9], [0, 8]) and probes == ([0], [0, 8])
 
 
 def test_plain_and_round_costs_are_corrected_from_measurements():
