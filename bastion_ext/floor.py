@@ -4,25 +4,36 @@ A round with a tree costs the drafter forward, the build and a verify of the roo
 nodes; a plain step costs a forward of the root alone. When the best tree's estimated
 tokens per round do not pay for that difference, the request steps aside (verifies only its
 root) for a while and then probes again: one drafted round, whose estimate decides whether it
-keeps drafting. The waits double after every drafted round that does not pay and reset to
-``first_wait`` when one pays, so a drafter that never pays costs a handful of probes per
-hundred tokens.
+keeps drafting. A round at S < 1 loses 1 - S of a plain step, so the wait after it is
+(1 - S) / probe_cost rounds, S the lower of its estimate and what the request's recent trees
+realised: a drafter that never pays costs a few probes per hundred tokens, at most
+``probe_cost`` of the time, and one estimated near 1 is tried again soon, since its probes
+cost next to nothing and it may well pay.
 
 The estimate of request b, judged each round it drafts:
 
     S_b = (1 + Ā_b * r_b) * T_plain / T_round
 
-Ā_b is the calibrated surrogate A of its trees, smoothed over its consecutive drafted rounds
-(one hard token should not stop a good drafter; a probe starts afresh). r_b is a fast second
-calibration from the realised accepted lengths, which arrive one round after each tree: the
-policy's own calibrator moves slowly (it sizes every tree), and a drafter that is confident
-and wrong must be caught within a round or two.
+Ā_b is the calibrated surrogate A of its trees, a mean over its consecutive drafted rounds
+with fading weights (a probe starts afresh). r_b = (R_b + prior) / (E_b + prior) is a second calibration from the
+realised accepted lengths R_b against the expected ones E_b (decayed sums), which arrive one
+round after each tree; the prior, a few tokens on each side, is what keeps a good drafter's
+run of misses from stopping it, while a drafter that is confident and wrong runs up E_b, and
+so evidence, a few tokens a round. Both memories are long because a stop costs a wait of
+several rounds and a drafted round that does not pay costs one: the decision is about the
+rounds to come, which regress to the request's mean, not about this round's tree.
+
+A round that stops drafting is judged again when its outcome arrives (the next round, a plain
+one): if what it accepted makes it pay, the request drafts again after that one plain step,
+so a probe is judged by what it accepted, not only by the estimate made before it.
 
 Host-side state only: every decision is made from numbers the host already holds (the
 round's one read and the latency model), so the floor adds no device sync.
 """
 
 from __future__ import annotations
+
+import math
 
 
 class SpeedupFloor:
@@ -32,8 +43,8 @@ class SpeedupFloor:
     ----------
     batch : int
         Request slots.
-    first_wait : int
-        Plain rounds after the first round that does not pay.
+    probe_cost : float
+        The share of the time a drafter that never pays may spend in probes (sets the waits).
     max_wait : int
         The longest wait between probes (caps the cost of noticing that a drafter got good).
     smoothing : float
@@ -41,27 +52,31 @@ class SpeedupFloor:
     decay : float
         Weight of the past in the realised / expected sums of r.
     prior : float
-        Tokens on each side of r before any realised round (r starts at 1).
+        Tokens added to each side of r (r starts at 1, and moves by evidence of a few tokens).
     """
 
-    def __init__(self, batch: int, first_wait: int = 4, max_wait: int = 64, smoothing: float = 0.5,
-                 decay: float = 0.5, prior: float = 0.5):
+    def __init__(self, batch: int, probe_cost: float = 0.01, max_wait: int = 64, smoothing: float = 0.8,
+                 decay: float = 0.8, prior: float = 2.0):
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an int >= 1, got {batch!r}")
-        if not isinstance(first_wait, int) or not 1 <= first_wait <= max_wait:
-            raise ValueError(f"first_wait must be an int in 1..max_wait={max_wait}, got {first_wait!r}")
+        if not 0.0 < probe_cost < 1.0:
+            raise ValueError(f"probe_cost must be in (0, 1), got {probe_cost}")
+        if not isinstance(max_wait, int) or max_wait < 1:
+            raise ValueError(f"max_wait must be an int >= 1, got {max_wait!r}")
         for name, value in (("smoothing", smoothing), ("decay", decay)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         if not prior > 0:
             raise ValueError(f"prior must be > 0, got {prior}")
-        self.first_wait, self.max_wait, self.smoothing, self.decay = first_wait, max_wait, smoothing, decay
-        self._prior = prior
+        self.probe_cost, self.max_wait, self.smoothing, self.decay, self.prior = probe_cost, max_wait, smoothing, decay, prior
         self._wait = [0] * batch                # plain rounds left before the next probe
-        self._backoff = [first_wait] * batch    # the wait after the next round that does not pay
-        self._surrogate: list[float | None] = [None] * batch  # running Ā; None: the next draft is a probe
-        self._realised = [prior] * batch        # decayed sums of realised and of expected accepted
-        self._expected = [prior] * batch        # lengths: r = realised / expected
+        # Running Ā as (weighted sum, sum of weights) of the run's surrogates; None: the next draft is a probe.
+        self._surrogate: list[tuple[float, float] | None] = [None] * batch
+        self._realised = [0.0] * batch          # decayed sums of realised and of expected accepted
+        self._expected = [0.0] * batch          # lengths: r = (realised + prior) / (expected + prior)
+        self._outcomes = [0.0] * batch          # the decayed count of the rounds in those sums
+        # (running Ā, T_round) of the round that stopped drafting, until its outcome comes.
+        self._stopped: list[tuple[tuple[float, float], float] | None] = [None] * batch
         self._awaiting: list[float | None] = [None] * batch  # last tree's expected A, until its outcome comes
         self._draft = [True] * batch            # this round's decision
 
@@ -117,27 +132,65 @@ class SpeedupFloor:
             if self._awaiting[b] is not None:
                 self._realised[b] = self.decay * self._realised[b] + accepted[b]
                 self._expected[b] = self.decay * self._expected[b] + self._awaiting[b]
+                self._outcomes[b] = self.decay * self._outcomes[b] + 1.0
                 self._awaiting[b] = None
+                self._review(b, plain_seconds)
             if not drafted:
                 out.append(None)
                 continue
             self._awaiting[b] = expected_accept[b]
-            surrogate = expected_accept[b]
-            if self._surrogate[b] is not None:
-                surrogate = self.smoothing * self._surrogate[b] + (1.0 - self.smoothing) * surrogate
-            speedup = (1.0 + surrogate * self._realised[b] / self._expected[b]) * plain_seconds / round_seconds
+            # A mean with fading weights, not a running value started at the probe's: a probe's
+            # surrogate (the first of a request, before any calibration) can be far off, and it
+            # should count as one round, not as all the rounds before it.
+            total, weight = self._surrogate[b] or (0.0, 0.0)
+            surrogate = (self.smoothing * total + expected_accept[b], self.smoothing * weight + 1.0)
+            speedup = self._speedup(b, surrogate, plain_seconds / round_seconds)
             if speedup >= 1.0:
-                self._surrogate[b], self._backoff[b] = surrogate, self.first_wait
+                self._surrogate[b] = surrogate
             else:
-                self._surrogate[b], self._wait[b] = None, self._backoff[b]
-                self._backoff[b] = min(2 * self._backoff[b], self.max_wait)
+                self._surrogate[b], self._stopped[b] = None, (surrogate, round_seconds)
+                self._wait[b] = self._wait_after(b, speedup, plain_seconds / round_seconds)
             out.append(speedup)
         return out
 
+    def _speedup(self, b: int, surrogate: tuple[float, float], ratio: float) -> float:
+        """S_b of a tree with running surrogate ``surrogate`` (weighted sum, weight), ``ratio`` =
+        T_plain / T_round."""
+        total, weight = surrogate
+        return (1.0 + total / weight * (self._realised[b] + self.prior) / (self._expected[b] + self.prior)) * ratio
+
+    def _review(self, b: int, plain_seconds: float) -> None:
+        """Judge the round that stopped request b again, now that its outcome is in r (and the
+        plain step after it in T_plain): a probe, or the last round of a run, that accepted what
+        pays resumes drafting next round, after one plain step instead of the whole wait."""
+        if self._stopped[b] is None:
+            return
+        surrogate, round_seconds = self._stopped[b]
+        self._stopped[b] = None
+        if self._speedup(b, surrogate, plain_seconds / round_seconds) >= 1.0:
+            self._wait[b], self._surrogate[b] = 0, surrogate
+
+    def _wait_after(self, b: int, speedup: float, ratio: float) -> int:
+        """Plain rounds before request b's next probe, after a round estimated at ``speedup`` < 1
+        (``ratio`` = T_plain / T_round): a probe like it loses 1 - S of a plain step, so waiting
+        (1 - S) / probe_cost rounds keeps the probes of a drafter that never pays under
+        ``probe_cost`` of the time, while one estimated near 1, whose probes cost next to nothing
+        and which may well pay (the estimate is noisy), is tried again soon: waits that doubled
+        after every probe that did not pay kept such a drafter in plain steps for most of a
+        request. S is the lower of the estimate and what the request's recent trees realised,
+        (1 + mean accepted) * ratio: a drafter that is confident and wrong keeps its estimate
+        near 1 (r has a prior and a memory), but not what its rounds cost."""
+        # The realised mean, with the estimate's tokens (speedup / ratio - 1) standing in for
+        # ``prior`` rounds: two misses at the start of a request are no evidence yet.
+        estimate = speedup / ratio - 1.0
+        realised = (self._realised[b] + self.prior * estimate) / (self._outcomes[b] + self.prior)
+        speedup = min(speedup, (1.0 + realised) * ratio)
+        return min(self.max_wait, max(1, math.ceil((1.0 - speedup) / self.probe_cost)))
+
     def reset(self, slots: list[int]) -> None:
         """New requests take the slots ``slots`` (host ints): their state starts afresh."""
-        fresh = SpeedupFloor(1, self.first_wait, self.max_wait, self.smoothing, self.decay, self._prior)
-        for name in ("_wait", "_backoff", "_surrogate", "_realised", "_expected", "_awaiting", "_draft"):
+        fresh = SpeedupFloor(1, self.probe_cost, self.max_wait, self.smoothing, self.decay, self.prior)
+        for name in ("_wait", "_surrogate", "_realised", "_expected", "_outcomes", "_awaiting", "_stopped", "_draft"):
             values = getattr(self, name)
             for slot in slots:
                 values[slot] = getattr(fresh, name)[0]

@@ -197,21 +197,29 @@ class _CostAware(Policy):
               context_lens: list[int]) -> list[float | None]:
         """Request b's estimate: S_b = (1 + A_b * r_b) * T_plain(B, c) / T_round(M, c, B), with
         A_b its calibrated surrogate for the tree this policy chose (its best by its own rule),
-        smoothed over consecutive drafted rounds, and r_b the floor's fast correction from
+        smoothed over consecutive drafted rounds, and r_b the floor's correction from
         realised accepted lengths; M the round's nodes over the batch, c the mean root
-        position; both times modelled and corrected by measured rounds and plain steps.
+        position; both times modelled and corrected by measured rounds and plain steps
+        (``plain_seconds``: before the first plain step, no more than the model's).
         S_b < 1: request b takes plain steps until its next probe (``SpeedupFloor``)."""
         if self.floor is None:
             return [None] * len(n_nodes)
-        round_s = plain_s = 1.0  # unused when nobody drafts: the round only brings outcomes
+        round_s = 1.0  # unused when nobody drafts: the round brings outcomes and the plain cost
         if self.floor.drafting:
-            batch, context = len(n_nodes), sum(context_lens) / len(context_lens)
-            round_s = self.latency.round_estimate(max(sum(n_nodes), 1), context, batch)
-            plain_s = self.latency.plain_estimate(context, batch)
-        return self.floor.judge(expected_accept, accepted, round_s, plain_s)
+            round_s = self.latency.round_estimate(max(sum(n_nodes), 1), sum(context_lens) / len(context_lens), len(n_nodes))
+        return self.floor.judge(expected_accept, accepted, round_s, self.plain_seconds(context_lens))
 
     def plain_seconds(self, context_lens: list[int]) -> float:
-        return self.latency.plain_estimate(sum(context_lens) / len(context_lens), len(context_lens))
+        """The measured plain steps' estimate; before the first one, the lower of the latency
+        model's stand-in (the smallest rounds' correction) and the uncorrected model. The floor
+        measures plain steps only by taking them, so an estimate too high would never be
+        corrected while a drafter that does not pay keeps drafting; one too low is corrected
+        by the plain steps it causes."""
+        context, batch = sum(context_lens) / len(context_lens), len(context_lens)
+        estimate = self.latency.plain_estimate(context, batch)
+        if self.latency.plain_correction.log_factors():
+            return estimate
+        return min(estimate, float(self.latency.plain_modelled(context, batch)))
 
     def observe(self, predicted: torch.Tensor, accept_len: torch.Tensor, drafted: torch.Tensor | None = None) -> None:
         if self.calibrator is not None:

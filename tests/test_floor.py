@@ -62,15 +62,16 @@ def drafted_rounds(history, request=0):
 def test_floor_engages_when_no_tree_pays(policy_type):
     # Drafting costs 0.3 s against a ~0.09 s plain step: only a tree of ~4+ sure tokens pays.
     policy = policy_type(latency(0.3), 16, batch=2)
-    history = run_rounds(policy, ["flat", "sure"], 40)
-    # The flat drafter: the first round and probes after waits of 4, 8, 16 plain rounds.
-    assert drafted_rounds(history, 0) == [0, 5, 14, 31]
+    history = run_rounds(policy, ["flat", "sure"], 140)
+    # The flat drafter: the first round and probes after waits of (1 - S) / 0.01 = 77 plain
+    # rounds (S = 0.24), capped at 64: its probes cost under 1% of the time.
+    assert drafted_rounds(history, 0) == [0, 65, 130]
     assert all(history[r][1][0] for r in drafted_rounds(history, 0))  # each of them a probe
-    assert all(history[r][2][0] < 1 for r in drafted_rounds(history, 0))
+    assert all(history[r][2][0] == pytest.approx(0.236, abs=1e-3) for r in drafted_rounds(history, 0))
     # The sure drafter beside it keeps drafting every round, and its trees are estimated to pay.
-    assert drafted_rounds(history, 1) == list(range(40))
+    assert drafted_rounds(history, 1) == list(range(140))
     assert all(estimates[1] > 1 for _, _, estimates in history)
-    assert [probe[1] for _, probe, _ in history] == [True] + [False] * 39
+    assert [probe[1] for _, probe, _ in history] == [True] + [False] * 139
 
 
 @pytest.mark.parametrize("policy_type", [GreedyStop, Bastion])
@@ -89,9 +90,9 @@ def test_no_floor_drafts_every_round():
     assert fixed.draft == (True, True) and fixed.probe == (False, False)
 
 
-def test_backoff_schedule_caps_and_resets_on_a_paying_probe():
-    floor = SpeedupFloor(1, first_wait=2, max_wait=8)
-    paying = {26, 27, 28}  # 2 tokens a round pay for a round of 1.5 plain steps, 1 does not
+def test_waits_follow_the_estimate_and_a_paying_probe_resumes():
+    floor = SpeedupFloor(1, probe_cost=0.03, max_wait=8)
+    paying = {27, 28, 29}  # 2 tokens a round pay for a round of 1.5 plain steps, 1 does not
     drafted, probes = [], []
     accepted = 0  # a calibrated drafter: each tree accepts what it was expected to
     for r in range(60):
@@ -103,11 +104,12 @@ def test_backoff_schedule_caps_and_resets_on_a_paying_probe():
             drafted.append(r)
         if probe[0]:
             probes.append(r)
-    # Waits of 2, 4, 8 and 8 (the cap) plain rounds; the probe at 26 pays. When the trees
-    # stop paying (29), the running estimate (2 tokens, then 1.5, 1.25) drops below 1.5 at
-    # round 30, and the waits start again from 2.
-    assert drafted == [0, 3, 8, 17, 26, 27, 28, 29, 30, 33, 38, 47, 56]
-    assert probes == [0, 3, 8, 17, 26, 33, 38, 47, 56]
+    # A probe that does not pay (S = 1 / 1.5) waits (1 - S) / 0.03 = 12 plain rounds, capped
+    # at 8; the probe at 27 pays. When the trees stop paying (30), the running Ā (the mean of
+    # 1, 1, 1, 0, 0 with weights fading by 0.8: 0.66, then 0.46) drops below 0.5 at round 31
+    # (S = 0.98: a wait of 1 round), and the 8-round waits start again.
+    assert drafted == [0, 9, 18, 27, 28, 29, 30, 31, 33, 42, 51]
+    assert probes == [0, 9, 18, 27, 33, 42, 51]
 
 
 def test_the_running_estimate_smooths_one_bad_round():
@@ -116,8 +118,8 @@ def test_the_running_estimate_smooths_one_bad_round():
     assert floor.judge([3.0], [0], 2.0, 1.0) == [pytest.approx(2.0)]
     floor.plan()
     # One round the drafter is unsure (A = 0.2) after a tree that accepted its 3 expected
-    # tokens: the running estimate 1 + (3 + 0.2) / 2 still pays for a round of 2 steps.
-    assert floor.judge([0.2], [3], 2.0, 1.0) == [pytest.approx(1.3)]
+    # tokens: the running estimate 1 + (0.8 * 3 + 0.2) / 1.8 still pays for a round of 2 steps.
+    assert floor.judge([0.2], [3], 2.0, 1.0) == [pytest.approx(1.2222, abs=1e-4)]
     assert floor.plan()[0] == (True,)
 
 
@@ -125,16 +127,41 @@ def test_a_confident_wrong_drafter_is_caught_by_its_outcomes():
     floor = SpeedupFloor(1)
     drafted = []
     accepted = 0
-    for r in range(10):
+    for r in range(41):
         draft, _ = floor.plan()
         # Every tree expects 3 accepted tokens (the calibrated surrogate) and accepts none.
         floor.judge([3.0], [accepted], 1.5, 1.0)
         accepted = 0
         if draft[0]:
             drafted.append(r)
-    # Round 0 looks good (4 tokens for 1.5 steps); its outcome (nothing) arrives in round 1
-    # and r = (0.25 + 0) / (0.25 + 3) stops the drafting there.
-    assert drafted == [0, 1, 6]
+    # Round 0 looks good (4 tokens for 1.5 steps); its outcome (nothing) arrives in round 1,
+    # and each round's brings r = 2 / (2 + E) down with E, the expected tokens not accepted
+    # (3, 5.4, 7.3, ...): S = 1.47, 1.21, 1.10, 1.04, then below 1 at round 5. Its estimate
+    # stays near 1, but its rounds realised nothing: 0 tokens over its 5 (decayed: 3.4)
+    # outcomes and the estimate's 0.5 for 2 more give S = 0.79, a wait of 21 rounds.
+    assert drafted == [0, 1, 2, 3, 4, 5, 27]
+
+
+def test_a_stop_is_judged_again_on_its_outcome():
+    floor = SpeedupFloor(2)
+    drafted, probes = ([], []), ([], [])
+    previous = (False, False)
+    for r in range(10):
+        draft, probe = floor.plan()
+        # Both probes at round 0 expect 0.4 tokens: 1.4 for a round of 1.5 steps does not pay
+        # (S = 0.93: a wait of (1 - S) / 0.01 = 7 rounds).
+        # Request 0's accepts 2 (r = (2 + 2) / (0.4 + 2)), request 1's nothing.
+        accepted = [2 if r == 1 else int(previous[0]), 0]
+        floor.judge([0.4, 0.4], accepted, 1.5, 1.0)
+        previous = draft
+        for b in range(2):
+            if draft[b]:
+                drafted[b].append(r)
+            if probe[b]:
+                probes[b].append(r)
+    # Request 0 resumes after one plain step, its running estimate kept (no probe); request 1
+    # waits its 7 plain rounds.
+    assert drafted == ([0, 2, 3, 4, 5, 6, 7, 8, 9], [0, 8]) and probes == ([0], [0, 8])
 
 
 def test_plain_and_round_costs_are_corrected_from_measurements():
@@ -146,8 +173,11 @@ def test_plain_and_round_costs_are_corrected_from_measurements():
         model.observe(1, 64, 2 * float(model.round_seconds(1, 64)))
     assert model.plain_estimate(64) == pytest.approx(2 * modelled_plain, rel=1e-6)
     assert model.round_estimate(1, 64) == pytest.approx(2 * float(model.round_seconds(1, 64)), rel=1e-6)
-    # Then measured plain steps take over.
+    # The floor takes the lower of that stand-in and the uncorrected model: a plain estimate
+    # too high would never be corrected, since the floor measures plain steps by taking them.
     policy = Bastion(model, 16)
+    assert policy.plain_seconds([64]) == pytest.approx(modelled_plain, rel=1e-6)
+    # Then measured plain steps take over.
     for _ in range(5):
         policy.observe_time(0, 64, 0.5 * modelled_plain)
     assert policy.plain_seconds([64]) == pytest.approx(0.5 * modelled_plain, rel=1e-6)
@@ -163,7 +193,7 @@ def test_floor_follows_the_measured_costs():
         policy.observe_time(0, 64, plain)
         policy.observe_time(1, 64, 3 * plain)
     history = run_rounds(policy, ["flat"], 6)
-    assert history[0][2][0] < 0.5 and drafted_rounds(history) == [0, 5]
+    assert history[0][2][0] < 0.5 and drafted_rounds(history) == [0]
 
 
 def test_a_request_joining_a_slot_starts_afresh_and_the_others_keep_their_state():
@@ -203,8 +233,10 @@ def test_plain_rows_leave_the_calibration_alone():
 
 
 def test_bad_floor_arguments_raise_value_error():
-    with pytest.raises(ValueError, match="first_wait"):
-        SpeedupFloor(1, first_wait=0)
+    with pytest.raises(ValueError, match="probe_cost"):
+        SpeedupFloor(1, probe_cost=0.0)
+    with pytest.raises(ValueError, match="max_wait"):
+        SpeedupFloor(1, max_wait=0)
     with pytest.raises(ValueError, match="smoothing"):
         SpeedupFloor(1, smoothing=1.0)
     with pytest.raises(ValueError, match="expected_accept"):
