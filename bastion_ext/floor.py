@@ -1,4 +1,4 @@
-"""The speedup floor: per request, draft only while a tree is estimated to beat a plain step.
+"""The speedup floor: draft only while a round of trees is estimated to beat a plain step.
 
 A round with a tree costs the drafter forward, the build and a verify of the root and the
 nodes; a plain step costs a forward of the root alone. When the best tree's estimated
@@ -10,9 +10,15 @@ realised: a drafter that never pays costs a few probes per hundred tokens, at mo
 ``probe_cost`` of the time, and one estimated near 1 is tried again soon, since its probes
 cost next to nothing and it may well pay.
 
-The estimate of request b, judged each round it drafts:
+The estimate of a round in which the requests D draft, out of the L in flight:
 
-    S_b = (1 + Ā_b * r_b) * T_plain / T_round
+    S = (L + sum over b in D of Ā_b * r_b) / L * T_plain / T_round
+
+(one request: S = (1 + Ā r) * T_plain / T_round). The round's verify is paid by every
+request in flight, so it is judged by the batch's tokens: a request's tree that pays for
+itself alone can still make the batch slower than its plain step. When S < 1 every request
+of D steps aside for the same wait, so that they probe together and the rounds between are
+plain steps of the whole batch (no drafter forward, a verify of the roots alone).
 
 Ā_b is the calibrated surrogate A of its trees, a mean over its consecutive drafted rounds
 with fading weights (a probe starts afresh). r_b = (R_b + prior) / (E_b + prior) is a second calibration from the
@@ -23,8 +29,8 @@ so evidence, a few tokens a round. Both memories are long because a stop costs a
 several rounds and a drafted round that does not pay costs one: the decision is about the
 rounds to come, which regress to the request's mean, not about this round's tree.
 
-A round that stops drafting is judged again when its outcome arrives (the next round, a plain
-one): if what it accepted makes it pay, the request drafts again after that one plain step,
+A round that stops drafting is judged again when its outcomes arrive (the next round, a plain
+one): if what they accepted makes it pay, its requests draft again after that one plain step,
 so a probe is judged by what it accepted, not only by the estimate made before it.
 
 Host-side state only: every decision is made from numbers the host already holds (the
@@ -34,6 +40,9 @@ round's one read and the latency model), so the floor adds no device sync.
 from __future__ import annotations
 
 import math
+
+
+PROBE_GRID = 8  # with several requests in flight, probes fall on rounds that are multiples of it
 
 
 class SpeedupFloor:
@@ -75,19 +84,25 @@ class SpeedupFloor:
         self._realised = [0.0] * batch          # decayed sums of realised and of expected accepted
         self._expected = [0.0] * batch          # lengths: r = (realised + prior) / (expected + prior)
         self._outcomes = [0.0] * batch          # the decayed count of the rounds in those sums
-        # (running Ā, T_round) of the round that stopped drafting, until its outcome comes.
-        self._stopped: list[tuple[tuple[float, float], float] | None] = [None] * batch
+        # ({slot: running Ā}, T_round, requests it was judged for) of each group of requests that
+        # stopped drafting in the last round, until their outcomes come.
+        self._stopped: list[tuple[dict[int, tuple[float, float]], float, int]] = []
+        self._live = batch                      # requests in flight at the last plan
+        self._round = 0                         # plans so far (the probe grid's clock)
         self._awaiting: list[float | None] = [None] * batch  # last tree's expected A, until its outcome comes
         self._draft = [True] * batch            # this round's decision
 
-    def plan(self, live: tuple[bool, ...] | None = None) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    def plan(self, live: tuple[bool, ...] | None = None, plain: bool = False) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         """This round's (draft, probe) per request slot: draft unless waiting or the slot holds
         no request (``live``, B bools; None: every slot does); a probe is a draft with no
-        running estimate (the first round, or the first after plain steps)."""
+        running estimate (the first round, or the first after plain steps). ``plain``: no slot
+        drafts this round (the caller measures a plain step); the waits run on."""
         live = (True,) * len(self._wait) if live is None else live
         if len(live) != len(self._wait):
             raise ValueError(f"live must hold {len(self._wait)} values, got {len(live)}")
-        draft = tuple(wait == 0 and alive for wait, alive in zip(self._wait, live))
+        draft = tuple(wait == 0 and alive and not plain for wait, alive in zip(self._wait, live))
+        self._live = max(sum(live), 1)
+        self._round += 1
         probe = tuple(d and surrogate is None for d, surrogate in zip(draft, self._surrogate))
         self._wait = [max(wait - 1, 0) for wait in self._wait]
         self._draft = list(draft)
@@ -103,7 +118,8 @@ class SpeedupFloor:
         """Whether any request drafts this round."""
         return any(self._draft)
 
-    def judge(self, expected_accept: list[float], accepted: list[int], round_seconds: float, plain_seconds: float) -> list[float | None]:
+    def judge(self, expected_accept: list[float], accepted: list[int], round_seconds: float, plain_seconds: float,
+              each: bool = True) -> list[float | None]:
         """Take the outcome of each request's previous round and weigh this round's trees;
         decides the next rounds. Call every round, plain ones too (their outcomes count).
 
@@ -118,6 +134,10 @@ class SpeedupFloor:
             Estimated seconds of this round (draft, build, verify, bookkeeping).
         plain_seconds : float
             Estimated seconds of a plain step of the same batch.
+        each : bool
+            Whether, in a round that pays, a request whose own tree does not pay steps aside
+            alone. False where its tree's size is not its own choice (one budget allocated
+            across the batch: a request given one node is no evidence against its drafter).
 
         Returns
         -------
@@ -127,70 +147,100 @@ class SpeedupFloor:
         batch = len(self._draft)
         if len(expected_accept) != batch or len(accepted) != batch:
             raise ValueError(f"expected_accept and accepted must hold {batch} values each, got {len(expected_accept)} and {len(accepted)}")
-        out: list[float | None] = []
-        for b, drafted in enumerate(self._draft):
+        ratio = plain_seconds / round_seconds
+        for b in range(batch):
             if self._awaiting[b] is not None:
                 self._realised[b] = self.decay * self._realised[b] + accepted[b]
                 self._expected[b] = self.decay * self._expected[b] + self._awaiting[b]
                 self._outcomes[b] = self.decay * self._outcomes[b] + 1.0
                 self._awaiting[b] = None
-                self._review(b, plain_seconds)
-            if not drafted:
-                out.append(None)
-                continue
+        self._review(plain_seconds)
+        drafting = [b for b, drafted in enumerate(self._draft) if drafted]
+        if not drafting:
+            return [None] * batch
+        surrogates = {}
+        for b in drafting:
             self._awaiting[b] = expected_accept[b]
             # A mean with fading weights, not a running value started at the probe's: a probe's
             # surrogate (the first of a request, before any calibration) can be far off, and it
             # should count as one round, not as all the rounds before it.
             total, weight = self._surrogate[b] or (0.0, 0.0)
-            surrogate = (self.smoothing * total + expected_accept[b], self.smoothing * weight + 1.0)
-            speedup = self._speedup(b, surrogate, plain_seconds / round_seconds)
-            if speedup >= 1.0:
+            surrogates[b] = (self.smoothing * total + expected_accept[b], self.smoothing * weight + 1.0)
+        speedup = self._speedup(surrogates, ratio, self._live)
+        if speedup < 1.0:  # the round does not pay: every request of it steps aside, together
+            self._stop(surrogates, round_seconds, self._wait_after(list(surrogates), speedup, ratio, self._live), self._live)
+            return [speedup if b in surrogates else None for b in range(batch)]
+        # It pays: a request whose own tree does not (S_b = (1 + Ā_b r_b) ratio < 1) steps
+        # aside alone while the others keep drafting.
+        out: list[float | None] = [None] * batch
+        for b, surrogate in surrogates.items():
+            out[b] = self._speedup({b: surrogate}, ratio, 1) if each else speedup
+            if out[b] >= 1.0:
                 self._surrogate[b] = surrogate
             else:
-                self._surrogate[b], self._stopped[b] = None, (surrogate, round_seconds)
-                self._wait[b] = self._wait_after(b, speedup, plain_seconds / round_seconds)
-            out.append(speedup)
+                self._stop({b: surrogate}, round_seconds, self._wait_after([b], out[b], ratio, 1), 1)
         return out
 
-    def _speedup(self, b: int, surrogate: tuple[float, float], ratio: float) -> float:
-        """S_b of a tree with running surrogate ``surrogate`` (weighted sum, weight), ``ratio`` =
-        T_plain / T_round."""
+    def _stop(self, surrogates: dict[int, tuple[float, float]], round_seconds: float, wait: int, live: int) -> None:
+        """The requests ``surrogates`` step aside for ``wait`` rounds; their round is judged
+        again when its outcomes arrive (``_review``), as a round of ``live`` requests. With
+        several requests in flight the wait ends on a multiple of ``PROBE_GRID`` rounds: the
+        requests that stopped at different times probe in the same rounds, and a probe costs
+        the batch one tree round, not one per request."""
+        if live == 1 and self._live > 1:
+            wait = -(-(self._round + wait) // PROBE_GRID) * PROBE_GRID - self._round
+        for b in surrogates:
+            self._surrogate[b], self._wait[b] = None, wait
+        self._stopped.append((surrogates, round_seconds, live))
+
+    def _gain(self, b: int, surrogate: tuple[float, float]) -> float:
+        """Request b's expected accepted draft tokens per round: its running surrogate Ā_b
+        (weighted sum, weight) times r_b."""
         total, weight = surrogate
-        return (1.0 + total / weight * (self._realised[b] + self.prior) / (self._expected[b] + self.prior)) * ratio
+        return total / weight * (self._realised[b] + self.prior) / (self._expected[b] + self.prior)
 
-    def _review(self, b: int, plain_seconds: float) -> None:
-        """Judge the round that stopped request b again, now that its outcome is in r (and the
-        plain step after it in T_plain): a probe, or the last round of a run, that accepted what
-        pays resumes drafting next round, after one plain step instead of the whole wait."""
-        if self._stopped[b] is None:
-            return
-        surrogate, round_seconds = self._stopped[b]
-        self._stopped[b] = None
-        if self._speedup(b, surrogate, plain_seconds / round_seconds) >= 1.0:
-            self._wait[b], self._surrogate[b] = 0, surrogate
+    def _speedup(self, surrogates: dict[int, tuple[float, float]], ratio: float, live: int) -> float:
+        """S of a round in which the requests ``surrogates`` (slot -> running surrogate) draft:
+        the tokens of ``live`` requests, (live + the sum of their gains), over the ``live`` of
+        a plain step, times ``ratio`` = T_plain / T_round. One request: (1 + Ā r) * ratio."""
+        return (live + sum(self._gain(b, s) for b, s in surrogates.items())) / live * ratio
 
-    def _wait_after(self, b: int, speedup: float, ratio: float) -> int:
-        """Plain rounds before request b's next probe, after a round estimated at ``speedup`` < 1
-        (``ratio`` = T_plain / T_round): a probe like it loses 1 - S of a plain step, so waiting
-        (1 - S) / probe_cost rounds keeps the probes of a drafter that never pays under
-        ``probe_cost`` of the time, while one estimated near 1, whose probes cost next to nothing
-        and which may well pay (the estimate is noisy), is tried again soon: waits that doubled
-        after every probe that did not pay kept such a drafter in plain steps for most of a
-        request. S is the lower of the estimate and what the request's recent trees realised,
-        (1 + mean accepted) * ratio: a drafter that is confident and wrong keeps its estimate
-        near 1 (r has a prior and a memory), but not what its rounds cost."""
-        # The realised mean, with the estimate's tokens (speedup / ratio - 1) standing in for
+    def _review(self, plain_seconds: float) -> None:
+        """Judge the rounds that stopped drafting again, now that their outcomes are in r (and
+        the plain step after them in T_plain): a probe, or the last round of a run, that
+        accepted what pays resumes drafting next round, after one plain step instead of the
+        whole wait."""
+        stopped, self._stopped = self._stopped, []
+        for surrogates, round_seconds, live in stopped:
+            if self._speedup(surrogates, plain_seconds / round_seconds, live) >= 1.0:
+                for b, surrogate in surrogates.items():
+                    self._wait[b], self._surrogate[b] = 0, surrogate
+
+    def _wait_after(self, drafting: list[int], speedup: float, ratio: float, live: int) -> int:
+        """Plain rounds before the next probe of the requests ``drafting``, after a round
+        estimated at ``speedup`` < 1 (``ratio`` = T_plain / T_round): a probe like it loses
+        1 - S of a plain step, so waiting (1 - S) / probe_cost rounds keeps the probes of a
+        drafter that never pays under ``probe_cost`` of the time, while one estimated near 1,
+        whose probes cost next to nothing and which may well pay (the estimate is noisy), is
+        tried again soon: waits that doubled after every probe that did not pay kept such a
+        drafter in plain steps for most of a request. S is the lower of the estimate and what
+        the requests' recent trees realised: a drafter that is confident and wrong keeps its
+        estimate near 1 (r has a prior and a memory), but not what its rounds cost. One wait
+        for all of them: they probe together, and the rounds between are plain for the batch."""
+        # Each request's realised mean, with the estimate's tokens per request standing in for
         # ``prior`` rounds: two misses at the start of a request are no evidence yet.
-        estimate = speedup / ratio - 1.0
-        realised = (self._realised[b] + self.prior * estimate) / (self._outcomes[b] + self.prior)
-        speedup = min(speedup, (1.0 + realised) * ratio)
+        estimate = (speedup / ratio - 1.0) * live / len(drafting)
+        realised = sum((self._realised[b] + self.prior * estimate) / (self._outcomes[b] + self.prior) for b in drafting)
+        speedup = min(speedup, (live + realised) / live * ratio)
         return min(self.max_wait, max(1, math.ceil((1.0 - speedup) / self.probe_cost)))
 
     def reset(self, slots: list[int]) -> None:
         """New requests take the slots ``slots`` (host ints): their state starts afresh."""
         fresh = SpeedupFloor(1, self.probe_cost, self.max_wait, self.smoothing, self.decay, self.prior)
-        for name in ("_wait", "_surrogate", "_realised", "_expected", "_outcomes", "_awaiting", "_stopped", "_draft"):
+        for name in ("_wait", "_surrogate", "_realised", "_expected", "_outcomes", "_awaiting", "_draft"):
             values = getattr(self, name)
             for slot in slots:
                 values[slot] = getattr(fresh, name)[0]
+        for surrogates, _, _ in self._stopped:
+            for slot in slots:
+                surrogates.pop(slot, None)

@@ -169,13 +169,24 @@ class _CostAware(Policy):
         self.latency = latency
         self.calibrator = AcceptCalibrator(batch, device=self.device) if calibrate else None
         self.floor = SpeedupFloor(batch) if floor else None
+        self._plans = 0  # rounds planned
+        self._plain_measured = False  # whether a plain step's time has come back (observe_time)
+
+    # Whether the floor stops a request whose own tree does not pay while the batch's round does
+    # (each tree cut on its own: its size is the request's choice).
+    _judge_each = True
 
     def _decide(self, batch: int, live: tuple[bool, ...]) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         if self.floor is None:
             return super()._decide(batch, live)
         if self.floor.slots != batch:
             raise ValueError(f"context_lens has {batch} requests but the policy was made for batch={self.floor.slots}")
-        return self.floor.plan(live)
+        # Until a plain step has been measured, T_plain is the model's guess, and the floor
+        # measures plain steps only by taking them: a guess too high (a CPU's roofline often
+        # is) would let a drafter that accepts nothing draft on, its rounds judged cheaper
+        # than the guessed step. So the second round is a plain step, whatever the trees.
+        self._plans += 1
+        return self.floor.plan(live, plain=not self._plain_measured and self._plans == 2)
 
     def _accept_scale(self, batch: int) -> torch.Tensor:
         if self.calibrator is None:
@@ -207,7 +218,7 @@ class _CostAware(Policy):
         round_s = 1.0  # unused when nobody drafts: the round brings outcomes and the plain cost
         if self.floor.drafting:
             round_s = self.latency.round_estimate(max(sum(n_nodes), 1), sum(context_lens) / len(context_lens), len(n_nodes))
-        return self.floor.judge(expected_accept, accepted, round_s, self.plain_seconds(context_lens))
+        return self.floor.judge(expected_accept, accepted, round_s, self.plain_seconds(context_lens), each=self._judge_each)
 
     def plain_seconds(self, context_lens: list[int]) -> float:
         """The measured plain steps' estimate; before the first one, the lower of the latency
@@ -227,6 +238,7 @@ class _CostAware(Policy):
 
     def observe_time(self, n_nodes: int, context_len: float, seconds: float, batch: int = 1) -> None:
         if n_nodes == 0:
+            self._plain_measured = True
             self.latency.observe_plain(context_len, seconds, batch)
         else:
             self.latency.observe(n_nodes, context_len, seconds, batch)
@@ -260,6 +272,9 @@ class Bastion(_CostAware):
                  device="cpu", floor: bool = True):
         super().__init__(latency, max_nodes, batch, calibrate, device, floor)
         self.batch_allocation = batch_allocation
+        # One budget across the batch: a request's tree size is the allocation's, so only the
+        # batch's round is judged.
+        self._judge_each = not (batch_allocation and batch > 1)
         self._batch_table = None
         self._batch_scale = None
 

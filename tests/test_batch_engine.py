@@ -163,8 +163,9 @@ def test_tree_attention_verify_equals_the_mask_path():
 @pytest.mark.parametrize("batch", [1, 4])
 def test_cuda_engine_every_strategy_equals_ar(eval_ar_outputs, batch):
     """The engine on CUDA (fp32 weights, tree verifies through the Triton ``bastion_tree``
-    attention): every strategy at batch 1 and 4 gives ar's tokens, or parts from them only at
-    a near-tie of the target's logits (the kernel's reduction order differs from SDPA's)."""
+    attention): every strategy at batch 1 and 4, and with 2 slots that requests join, gives
+    ar's tokens, or parts from them only at a near-tie of the target's logits (the kernel's
+    reduction order differs from SDPA's)."""
     from bastion_ext.latency import LatencyModel, ModelSpec, RooflineModel
 
     from bastion.drafter import load_drafter
@@ -182,8 +183,11 @@ def test_cuda_engine_every_strategy_equals_ar(eval_ar_outputs, batch):
     ar = generate_batch(model, prompts, GenerationConfig(strategy="ar", max_new_tokens=BATCH_TOKENS, stop_on_eos=False))
     for strategy in STRATEGIES:
         config = GenerationConfig(strategy=strategy, max_new_tokens=BATCH_TOKENS, stop_on_eos=False)
-        for start in range(0, len(prompts), batch):
-            results = generate_batch(model, prompts[start:start + batch], config, drafter=drafter, latency=latency)
+        chunks = [(start, generate_batch(model, prompts[start:start + batch], config, drafter=drafter, latency=latency))
+                  for start in range(0, len(prompts), batch)]
+        if batch > 1:  # and with requests joining: half the slots, a waiting prompt takes a freed one
+            chunks.append((0, generate_batch(model, prompts, config, drafter=drafter, latency=latency, batch_size=batch // 2)))
+        for start, results in chunks:
             for i, result in enumerate(results, start):
                 if result.tokens != ar[i].tokens:
                     divergence = first_divergence(model, prompts[i], ar[i].tokens, result.tokens)

@@ -28,8 +28,8 @@ class OracleState:
         self.positions = {row: [] for row in self.rows}
 
     def set_bound(self, longest):
-        # The longest request in flight; a finished request's slot keeps its (longer) context.
-        assert longest <= max(len(p) for p in self.positions.values())
+        # Only a bound for the attention's reach: what the oracle checks is in ``draft``.
+        self.bound = longest
 
 
 class OracleDrafter:
@@ -97,10 +97,13 @@ def ar_outputs(smollm2):
 @pytest.mark.model
 @pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "ar"])
 def test_greedy_output_equals_ar(smollm2, ar_outputs, cpu_latency, strategy):
-    """The three prompts in one batch, an oracle drafter that accepts deep and through siblings."""
+    """The three prompts in one batch, an oracle drafter that accepts deep and through siblings.
+    The speedup floor is off: whether these trees pay on this CPU in fp32 is a measurement (the
+    shared latency model is corrected by every earlier test's timings), and every round must
+    verify a tree for the check to mean something (the floor's own tests: test_engine_floor)."""
     model, _ = smollm2
     drafter = OracleDrafter([ids + expected for ids, expected in ar_outputs], model.config.vocab_size)
-    config = GenerationConfig(strategy=strategy, max_new_tokens=NEW_TOKENS, stop_on_eos=False, record_topk=4)
+    config = GenerationConfig(strategy=strategy, max_new_tokens=NEW_TOKENS, stop_on_eos=False, record_topk=4, speedup_floor=False)
     results = generate_batch(model, [ids for ids, _ in ar_outputs], config, drafter=drafter, latency=cpu_latency)
     for i, ((_, expected), result) in enumerate(zip(ar_outputs, results)):
         assert result.tokens == expected, f"prompt {i}"

@@ -107,7 +107,8 @@ def test_joining_and_leaving_move_no_storage_and_read_the_host_once_per_round(sm
 @pytest.mark.model
 def test_every_phase_of_a_round_runs_alone(smollm2, eval_ar_outputs, drafter):
     """A ddtree round phase by phase: draft, build, the read, verify, accept, commit, then a
-    plain round's forward; the committed tokens are each request's ar tokens."""
+    plain round's forward (its context held for the drafter until flushed); the committed
+    tokens are each request's ar tokens."""
     model, _ = smollm2
     cases = eval_ar_outputs[:2]
     config = GenerationConfig(strategy="ddtree", max_new_tokens=TOKENS, budget=8, stop_on_eos=False)
@@ -131,4 +132,6 @@ def test_every_phase_of_a_round_runs_alone(smollm2, eval_ar_outputs, drafter):
     PlainRound(rounds.clock, None).forward(batch)
     batch.read()
     assert [r.emitted for r in batch.requests] == [expected[:n + 1] for (_, expected), n in zip(cases, done)]
-    assert torch.equal(batch.state.lengths, batch.target.lengths)
+    assert batch.held.held == 1 and torch.equal(batch.state.lengths + 1, batch.target.lengths)
+    batch.flush_held()  # the plain step's context reaches the drafter before it drafts again
+    assert batch.held.held == 0 and torch.equal(batch.state.lengths, batch.target.lengths)

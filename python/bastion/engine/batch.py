@@ -20,6 +20,7 @@ from collections import deque
 import torch
 
 from ..drafter import select_features
+from .held_context import HeldContext
 from .tree_ops import RoundBuffers
 
 
@@ -89,6 +90,9 @@ class Batch:
         self.state = None if drafter is None else drafter.new_state(capacity, target.cache.capacity)
         vocab = None if sampler.greedy else target.model.config.vocab_size
         self.buffers = None if drafter is None else RoundBuffers(capacity, max_nodes, positions, device, vocab)
+        # max_nodes + 1 steps at most: the drafter's bound (the target's) plus the held steps
+        # then stays within the slot capacity, which leaves room for a verify of max_nodes.
+        self.held = None if drafter is None else HeldContext(capacity, max_nodes + 1, device)
         self.roots = torch.zeros((capacity,), dtype=torch.int64, device=device)
         self.pending = torch.zeros((capacity, positions + 2), dtype=torch.int64, device=device)
         self.request_ids = torch.zeros((capacity,), dtype=torch.int64, device=device)
@@ -134,6 +138,7 @@ class Batch:
         self.pending.index_copy_(0, rows, first)
         self.target.live.index_fill_(0, rows, 1)
         if self.drafter is not None:
+            self.flush_held()  # the held steps belong to the slots' requests before this admission
             longest = max(len(p) for p in prompts)
             positions = torch.arange(longest, device=rows.device).expand(len(free), longest)
             self.drafter.extend(self.state, select_features(hidden, self.drafter.target_layer_ids), positions,
@@ -142,6 +147,12 @@ class Batch:
         for slot, request in zip(free, joining):
             self.slots[slot] = request
         self.set_bounds()
+
+    def flush_held(self) -> None:
+        """Give the drafter the plain steps' held context (before it drafts or a request joins)."""
+        if self.held.held:
+            self.held.flush(self.drafter, self.state)
+            self.state.set_bound(self.target.bound)
 
     def set_bounds(self) -> None:
         """Tell the caches the longest committed length among the requests in flight."""

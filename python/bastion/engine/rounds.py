@@ -94,15 +94,17 @@ class PlainRound(_Round):
 
     def forward(self, batch) -> None:
         """The step: every slot's next token as ``ar`` picks it (the uniform of its request
-        and position); with a drafter, the step's features extend its context, so a later
-        round drafts from all of it. The pending tokens accept nothing, then the new root."""
+        and position); with a drafter, the step's features are held for its context
+        (``Batch.held``), so a later round drafts from all of it. The pending tokens accept
+        nothing, then the new root."""
         target = batch.target
         root_positions = target.lengths.clone()
         logits, hidden = target.plain_step(batch.roots)
         bonus = batch.sampler.pick(logits, batch.request_ids, target.lengths)
         if batch.drafter is not None:
-            batch.drafter.extend(batch.state, select_features(hidden, batch.drafter.target_layer_ids), root_positions[:, None],
-                                 counts=target.live.clone())
+            batch.held.hold(select_features(hidden, batch.drafter.target_layer_ids), root_positions, target.live)
+            if batch.held.full:
+                batch.flush_held()
         batch.pending[:, 0] = 0
         batch.pending[:, 1:-1] = -1
         batch.pending[:, -1] = bonus
@@ -134,7 +136,9 @@ class TreeRound(_Round):
         self.end(batch, max(sum(counts), 1))
 
     def draft(self, batch) -> torch.Tensor:
-        """(capacity, P, V_draft) fp32: one drafter forward over every slot's root."""
+        """(capacity, P, V_draft) fp32: one drafter forward over every slot's root, after the
+        context of the plain steps since the last draft."""
+        batch.flush_held()
         return batch.drafter.draft(batch.state, batch.roots, batch.target.lengths)
 
     def build(self, batch, draft_logits: torch.Tensor):
