@@ -107,8 +107,11 @@ class Policy(ABC):
         round (a plain step, or no request) keep no nodes: they verify only their root."""
         if all(self._draft):
             return tree
-        drafting = torch.tensor(self._draft, device=tree.device)
-        return tree.cut(torch.where(drafting, tree.n_nodes, 0))
+        return tree.cut(torch.where(self._drafting(tree.device), tree.n_nodes, 0))
+
+    def _drafting(self, device) -> torch.Tensor:
+        """(B,) bool on ``device``: the slots drafting this round."""
+        return torch.tensor(self._draft, device=device)
 
     def expected_accept(self, tree) -> torch.Tensor:
         """(B,) fp32 on the tree's device: the calibrated surrogate A of each tree as cut (0 for
@@ -294,8 +297,7 @@ class Bastion(_CostAware):
         """Cut a batch built to the cap to the allocated per-request counts (``tree.cut``); the
         slots not drafting this round take no part in the allocation and keep no nodes."""
         if self._batch_table is not None:
-            drafting = torch.tensor(self._draft, device=tree.device)
-            scores = torch.where(drafting[:, None], tree.scores, -float("inf"))
+            scores = torch.where(self._drafting(tree.device)[:, None], tree.scores, -float("inf"))
             tree = tree.cut(allocate_batch_budget(scores, self._batch_table, self._batch_scale))
         return super().select(tree)
 

@@ -13,7 +13,6 @@ OMP_NUM_THREADS=1 on a shared CPU.
 import argparse
 import dataclasses
 import json
-import platform
 import statistics
 
 import torch
@@ -21,6 +20,7 @@ import torch
 from bastion.calibrate import load_or_calibrate
 from bastion.drafter import load_drafter
 from bastion.engine import GenerationConfig, generate
+from bastion.machine import cpu_name
 from bastion.models import chat_prompt_ids, load_target
 from bastion.prompts import load_prompts
 from bastion_ext.latency import OnlineCorrection
@@ -43,15 +43,6 @@ def random_drafter(model):
         if isinstance(module, torch.nn.Linear):
             module.reset_parameters()
     return twin
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main():

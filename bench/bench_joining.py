@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 
@@ -26,16 +24,9 @@ from bastion.calibrate import load_or_calibrate
 from bastion.drafter import load_drafter
 from bastion.dtypes import resolve_dtype
 from bastion.engine import GenerationConfig, generate_batch
+from bastion.machine import cpu_name
 from bastion.models import chat_prompt_ids, load_target
 from bastion.prompts import CATEGORIES, load_prompts
-
-
-def cpu_name() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def timed(run) -> tuple[list[list[int]], float]:
@@ -85,7 +76,7 @@ def main() -> None:
             same = sum(a == b for a, b in zip(*outputs.values()))
             print(f"{strategy:>8}: {same}/{len(prompts)} outputs identical between the modes", flush=True)
             cells[-1]["identical_to_previous_mode"] = same
-    report = {"device": f"CPU: {cpu_name()}", "threads": torch.get_num_threads(), "dtype": str(model.dtype),
+    report = {"device": cpu_name(), "threads": torch.get_num_threads(), "dtype": str(model.dtype),
               "torch": torch.__version__, "command": " ".join(sys.argv), "prompts": len(prompts), "batch_size": size,
               "max_new_tokens": args.max_new_tokens, "cells": cells}
     if args.out:

@@ -21,6 +21,7 @@ from bastion_ext.ops import MAX_NODES
 
 from .engine import GenerationConfig, generate_batch
 from .engine.records import floor_summary
+from .machine import device_name
 from .models import chat_prompt_ids
 from .prompts import load_prompts
 
@@ -175,7 +176,7 @@ def run_bench(args) -> int:
     print(format_table(table, names, categories + ["all"]))
     meta = {
         "command": "bastion " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(("bastion", "__main__.py")) else " ".join(sys.argv),
-        "device": torch.cuda.get_device_name() if model.device.type == "cuda" else f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads",
+        "device": device_name(model.device),
         "torch": torch.__version__, "python": platform.python_version(), "dtype": str(model.dtype).removeprefix("torch."),
         "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "topk": args.topk,
         "batch_sizes": batch_sizes, "speedup_baseline": ar_name,

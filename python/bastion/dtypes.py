@@ -6,24 +6,16 @@ from /proc/cpuinfo's flags) and fp32 elsewhere.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from .machine import BF16_FLAGS, cpu_flags
+
 CHOICES = ("auto", "float32", "bfloat16")
-_FAST_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU (or the given /proc/cpuinfo text) has AMX-BF16 or AVX512-BF16."""
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text() if path.is_file() else ""
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return any(f in flags for f in _FAST_BF16_FLAGS)
+    return bool(cpu_flags(cpuinfo) & set(BF16_FLAGS))
 
 
 def resolve_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype:

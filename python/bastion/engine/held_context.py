@@ -46,6 +46,6 @@ class HeldContext:
         """Extend the drafter's ``state`` with every held step; nothing is held afterwards."""
         if self.held == 0:
             return
-        drafter.extend(state, self._features[:, : self.held], self._positions[:, : self.held], counts=self.counts.clone())
+        drafter.extend(state, self._features[:, : self.held], self._positions[:, : self.held], counts=self.counts)
         self.held = 0
         self.counts.zero_()
