@@ -4,9 +4,9 @@ A round with a tree costs the drafter forward, the build and a verify of the roo
 nodes; a plain step costs a forward of the root alone. When the best tree's estimated
 tokens per round do not pay for that difference, the request steps aside (verifies only its
 root) for a while and then probes again: one drafted round, whose estimate decides whether it
-keeps drafting. A round at S < 1 loses 1 - S of a plain step, so the wait after it is
-(1 - S) / probe_cost rounds, S the lower of its estimate and what the request's recent trees
-realised: a drafter that never pays costs a few probes per hundred tokens, at most
+keeps drafting. A round at S < 1 (S = tokens per second against a plain step's) loses
+(1 - S) T_round / T_plain plain steps, so the wait after it is that over probe_cost rounds,
+S the lower of its estimate and what the request's recent trees realised: a drafter that never pays costs a few probes per hundred tokens, at most
 ``probe_cost`` of the time, and one estimated near 1 is tried again soon, since its probes
 cost next to nothing and it may well pay.
 
@@ -20,12 +20,17 @@ itself alone can still make the batch slower than its plain step. When S < 1 eve
 of D steps aside for the same wait, so that they probe together and the rounds between are
 plain steps of the whole batch (no drafter forward, a verify of the roots alone).
 
-Ā_b is the calibrated surrogate A of its trees, a mean over its consecutive drafted rounds
-with fading weights (a probe starts afresh). r_b = (R_b + prior) / (E_b + prior) is a second calibration from the
-realised accepted lengths R_b against the expected ones E_b (decayed sums), which arrive one
-round after each tree; the prior, a few tokens on each side, is what keeps a good drafter's
-run of misses from stopping it, while a drafter that is confident and wrong runs up E_b, and
-so evidence, a few tokens a round. Both memories are long because a stop costs a wait of
+Ā_b is the surrogate A of its trees (the drafter's own sum of path probabilities), a mean
+over its consecutive drafted rounds with fading weights (a probe starts afresh).
+r_b = (R_b + prior) / (E_b + prior) calibrates it from the realised accepted lengths R_b
+against the surrogates E_b of the same trees (sums decaying by 0.9 a round, a window of about
+ten rounds), which arrive one round after each tree. It is the only calibration: the trees'
+own ``accept_scale`` learns from the same outcomes, and a second ratio on top of it counted
+each early miss twice (one miss of a confident first tree stopped a drafter that went on to
+pay 1.3x, for twenty rounds). The prior, one token on each side, keeps one miss of a drafter
+that expects a token or so from stopping it; a drafter that is confident and wrong (a random
+one's surrogate says 2 to 3 tokens) runs up E_b, and so the evidence, by that much a round,
+and stops within three drafted rounds. The memories are long because a stop costs a wait of
 several rounds and a drafted round that does not pay costs one: the decision is about the
 rounds to come, which regress to the request's mean, not about this round's tree.
 
@@ -65,7 +70,7 @@ class SpeedupFloor:
     """
 
     def __init__(self, batch: int, probe_cost: float = 0.01, max_wait: int = 64, smoothing: float = 0.8,
-                 decay: float = 0.8, prior: float = 2.0):
+                 decay: float = 0.9, prior: float = 1.0):
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an int >= 1, got {batch!r}")
         if not 0.0 < probe_cost < 1.0:
@@ -126,8 +131,8 @@ class SpeedupFloor:
         Parameters
         ----------
         expected_accept : B floats
-            Calibrated surrogate A of each request's tree this round (any value for the
-            requests that did not draft).
+            Surrogate A of each request's tree this round (any value for the requests that
+            did not draft).
         accepted : B ints
             Realised accepted draft tokens of each request's previous round.
         round_seconds : float
@@ -219,8 +224,9 @@ class SpeedupFloor:
     def _wait_after(self, drafting: list[int], speedup: float, ratio: float, live: int) -> int:
         """Plain rounds before the next probe of the requests ``drafting``, after a round
         estimated at ``speedup`` < 1 (``ratio`` = T_plain / T_round): a probe like it loses
-        1 - S of a plain step, so waiting (1 - S) / probe_cost rounds keeps the probes of a
-        drafter that never pays under ``probe_cost`` of the time, while one estimated near 1,
+        (1 - S) / ratio plain steps (its time, less the plain steps its tokens would have
+        taken), so waiting that over probe_cost rounds keeps the probes of a drafter that
+        never pays under ``probe_cost`` of the time, while one estimated near 1,
         whose probes cost next to nothing and which may well pay (the estimate is noisy), is
         tried again soon: waits that doubled after every probe that did not pay kept such a
         drafter in plain steps for most of a request. S is the lower of the estimate and what
@@ -228,11 +234,11 @@ class SpeedupFloor:
         estimate near 1 (r has a prior and a memory), but not what its rounds cost. One wait
         for all of them: they probe together, and the rounds between are plain for the batch."""
         # Each request's realised mean, with the estimate's tokens per request standing in for
-        # ``prior`` rounds: two misses at the start of a request are no evidence yet.
+        # ``prior`` rounds: one miss at the start of a request is no evidence yet.
         estimate = (speedup / ratio - 1.0) * live / len(drafting)
         realised = sum((self._realised[b] + self.prior * estimate) / (self._outcomes[b] + self.prior) for b in drafting)
         speedup = min(speedup, (live + realised) / live * ratio)
-        return min(self.max_wait, max(1, math.ceil((1.0 - speedup) / self.probe_cost)))
+        return min(self.max_wait, max(1, math.ceil((1.0 - speedup) / (ratio * self.probe_cost))))
 
     def reset(self, slots: list[int]) -> None:
         """New requests take the slots ``slots`` (host ints): their state starts afresh."""

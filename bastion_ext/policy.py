@@ -25,7 +25,8 @@ budget; all three are a cut of the same pop sequence, made inside build_tree. Fo
 The cost-aware policies also keep a speedup floor (``floor.SpeedupFloor``): a request whose
 best tree is not estimated to beat a plain step takes plain steps (``BuildArgs.draft`` is
 False for it; the engine verifies only its root, and skips the drafter when nobody drafts)
-and probes again after waits that double while probes do not pay.
+and probes again after a wait that keeps the probes of a drafter that never pays to about 1% of
+the time.
 """
 
 from __future__ import annotations
@@ -90,12 +91,16 @@ class Policy(ABC):
         """Build arguments for a round; context_lens: an int or B host ints (root positions);
         live: B host bools, the slots that hold a request (None: every slot)."""
 
-    def _plan_args(self, policy: str, budget: int, batch: int, live, latency_table=None, accept_scale=None) -> BuildArgs:
+    def _plan_args(self, policy: str, budget: int, batch: int, live, tables=None) -> BuildArgs:
+        """BuildArgs of a round; ``tables``: None, or a callable giving (latency_table,
+        accept_scale), called only when some slot drafts (a plain round builds no tree, and the
+        floor's plain rounds are most rounds where trees do not pay)."""
         live = (True,) * batch if live is None else tuple(live)
         if len(live) != batch:
             raise ValueError(f"live must hold {batch} values (one per context length), got {len(live)}")
         draft, probe = self._decide(batch, live)
         self._draft = draft
+        latency_table, accept_scale = tables() if tables is not None and any(draft) else (None, None)
         return BuildArgs(policy, self._budgets(batch, budget), latency_table, accept_scale, draft, probe)
 
     def _decide(self, batch: int, live: tuple[bool, ...]) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
@@ -114,8 +119,10 @@ class Policy(ABC):
         return torch.tensor(self._draft, device=device)
 
     def expected_accept(self, tree) -> torch.Tensor:
-        """(B,) fp32 on the tree's device: the calibrated surrogate A of each tree as cut (0 for
-        a tree of no nodes); device ops only, for the engine's one host read."""
+        """(B,) fp32 on the tree's device: the surrogate A of each tree as cut (0 for a tree of
+        no nodes), the drafter's own estimate, uncalibrated: the floor calibrates it from the
+        realised lengths itself (a second calibration on top of ``accept_scale`` would count
+        each early miss twice); device ops only, for the engine's one host read."""
         return surrogate_accept(tree.scores, tree.n_nodes)
 
     def judge(self, n_nodes: list[int], expected_accept: list[float], accepted: list[int],
@@ -201,16 +208,13 @@ class _CostAware(Policy):
 
     def plan(self, context_lens, live: tuple[bool, ...] | None = None) -> BuildArgs:
         batch = _batch_size(context_lens)
-        return self._plan_args(self.name, self.max_nodes, batch, live, self.latency.latency_table(context_lens, self.max_nodes, self.device),
-                               self._accept_scale(batch))
-
-    def expected_accept(self, tree) -> torch.Tensor:
-        return self._accept_scale(tree.batch_size) * surrogate_accept(tree.scores, tree.n_nodes)
+        return self._plan_args(self.name, self.max_nodes, batch, live,
+                               lambda: (self.latency.latency_table(context_lens, self.max_nodes, self.device), self._accept_scale(batch)))
 
     def judge(self, n_nodes: list[int], expected_accept: list[float], accepted: list[int],
               context_lens: list[int]) -> list[float | None]:
         """Request b's estimate: S_b = (1 + A_b * r_b) * T_plain(B, c) / T_round(M, c, B), with
-        A_b its calibrated surrogate for the tree this policy chose (its best by its own rule),
+        A_b its surrogate for the tree this policy chose (its best by its own rule),
         smoothed over consecutive drafted rounds, and r_b the floor's correction from
         realised accepted lengths; M the round's nodes over the batch, c the mean root
         position; both times modelled and corrected by measured rounds and plain steps
@@ -233,7 +237,7 @@ class _CostAware(Policy):
         estimate = self.latency.plain_estimate(context, batch)
         if self.latency.plain_correction.log_factors():
             return estimate
-        return min(estimate, float(self.latency.plain_modelled(context, batch)))
+        return min(estimate, self.latency.plain_modelled(context, batch))
 
     def observe(self, predicted: torch.Tensor, accept_len: torch.Tensor, drafted: torch.Tensor | None = None) -> None:
         if self.calibrator is not None:

@@ -47,10 +47,14 @@ def run_rounds(policy, kinds, rounds, context=64):
     for _ in range(rounds):
         contexts = [context] * batch
         args = policy.plan(contexts)
-        tree = policy.select(ops.build_tree(logits, 4, policy.max_nodes, context_lens=contexts, **args.kwargs()))
-        n_nodes = tree.n_nodes.tolist()
-        assert [n > 0 for n in n_nodes] == list(args.draft)  # requests stepping aside verify only their root
-        estimates = policy.judge(n_nodes, policy.expected_accept(tree).tolist(), accepted, contexts)
+        if any(args.draft):
+            tree = policy.select(ops.build_tree(logits, 4, policy.max_nodes, context_lens=contexts, **args.kwargs()))
+            n_nodes, expected = tree.n_nodes.tolist(), policy.expected_accept(tree).tolist()
+            assert [n > 0 for n in n_nodes] == list(args.draft)  # requests stepping aside verify only their root
+        else:  # a plain round, as the engine takes it: no tree at all
+            n_nodes, expected = [0] * batch, [0.0] * batch
+            assert args.latency_table is None  # nor its latency table
+        estimates = policy.judge(n_nodes, expected, accepted, contexts)
         accepted = [REALISED[kind] if n else 0 for kind, n in zip(kinds, n_nodes)]
         history.append((args.draft, args.probe, estimates))
     return history
@@ -67,10 +71,11 @@ def test_floor_engages_when_no_tree_pays(policy_type):
     # own: with one budget allocated across the batch, only the round is judged, below.)
     policy = policy_type(latency(0.1), 16, batch=2, **({"batch_allocation": False} if policy_type is Bastion else {}))
     history = run_rounds(policy, ["flat", "sure"], 140)
-    # The flat drafter: the first round and probes after waits of (1 - S) / 0.01 = 52 plain
-    # rounds (S = 0.48), each ending on a multiple of PROBE_GRID = 8 rounds (two requests in
-    # flight): its probes cost under 1% of the time.
-    assert drafted_rounds(history, 0) == [0, 56, 112]
+    # The flat drafter: the first round and probes after waits of (1 - S) / (0.48 * 0.01)
+    # plain rounds (S = 0.48, T_plain / T_round = 0.48), capped at 64, each ending on a
+    # multiple of PROBE_GRID = 8 rounds (two requests in flight): its probes cost about 1% of
+    # the time.
+    assert drafted_rounds(history, 0) == [0, 72]
     assert all(history[r][1][0] for r in drafted_rounds(history, 0))  # each of them a probe
     assert all(history[r][2][0] == pytest.approx(0.482, abs=1e-3) for r in drafted_rounds(history, 0))
     # The sure drafter beside it keeps drafting every round, and its trees are estimated to pay.
@@ -135,12 +140,13 @@ def test_waits_follow_the_estimate_and_a_paying_probe_resumes():
             drafted.append(r)
         if probe[0]:
             probes.append(r)
-    # A probe that does not pay (S = 1 / 1.5) waits (1 - S) / 0.03 = 12 plain rounds, capped
-    # at 8; the probe at 27 pays. When the trees stop paying (30), the running Ā (the mean of
-    # 1, 1, 1, 0, 0 with weights fading by 0.8: 0.66, then 0.46) drops below 0.5 at round 31
-    # (S = 0.98: a wait of 1 round), and the 8-round waits start again.
-    assert drafted == [0, 9, 18, 27, 28, 29, 30, 31, 33, 42, 51]
-    assert probes == [0, 9, 18, 27, 33, 42, 51]
+    # A probe that does not pay (S = 1 / 1.5) loses (1 - S) * 1.5 = 0.5 plain steps, so it
+    # waits 0.5 / 0.03 = 17 plain rounds, capped at 8; the probe at 27 pays. When the trees
+    # stop paying (30), the running Ā (the mean of 1, 1, 1, 0, 0 with weights fading by 0.8:
+    # 0.66, then 0.46) drops below 0.5 at round 31 (S = 0.976: a loss of 0.036 steps, a wait
+    # of 2 rounds), and the 8-round waits start again.
+    assert drafted == [0, 9, 18, 27, 28, 29, 30, 31, 34, 43, 52]
+    assert probes == [0, 9, 18, 27, 34, 43, 52]
 
 
 def test_the_running_estimate_smooths_one_bad_round():
@@ -166,21 +172,21 @@ def test_a_confident_wrong_drafter_is_caught_by_its_outcomes():
         if draft[0]:
             drafted.append(r)
     # Round 0 looks good (4 tokens for 1.5 steps); its outcome (nothing) arrives in round 1,
-    # and each round's brings r = 2 / (2 + E) down with E, the expected tokens not accepted
-    # (3, 5.4, 7.3, ...): S = 1.47, 1.21, 1.10, 1.04, then below 1 at round 5. Its estimate
-    # stays near 1, but its rounds realised nothing: 0 tokens over its 5 (decayed: 3.4)
-    # outcomes and the estimate's 0.5 for 2 more give S = 0.79, a wait of 21 rounds.
-    assert drafted == [0, 1, 2, 3, 4, 5, 27]
+    # and each round's brings r = 1 / (1 + E) down with E, the expected tokens not accepted
+    # (3, 5.7, ...): S = 1.17, then 0.97 at round 2. Its rounds realised nothing: 0 tokens
+    # over its 2 (decayed: 1.9) outcomes and the estimate's 0.45 for 1 more give S = 0.77, a
+    # loss of 0.23 * 1.5 = 0.35 plain steps per probe, so a wait of 0.35 / 0.01 = 35 rounds.
+    assert drafted == [0, 1, 2, 38]
 
 
 def test_a_stop_is_judged_again_on_its_outcome():
     floor = SpeedupFloor(1)
     drafted, probes = [], []
-    for r in range(10):
+    for r in range(16):
         draft, probe = floor.plan()
         # The probe at round 0 expects 0.4 tokens: 1.4 for a round of 1.5 steps does not pay
-        # (S = 0.93: a wait of (1 - S) / 0.01 = 7 rounds). It accepts 2 (r = (2 + 2) / (0.4 + 2)),
-        # later trees nothing.
+        # (S = 0.93: a wait of (1 - S) * 1.5 / 0.01 = 10 rounds). It accepts 2
+        # (r = (2 + 1) / (0.4 + 1)), later trees nothing.
         accepted = 2 if r == 1 else 0
         floor.judge([0.4], [accepted], 1.5, 1.0)
         if draft[0]:
@@ -188,8 +194,8 @@ def test_a_stop_is_judged_again_on_its_outcome():
         if probe[0]:
             probes.append(r)
     # The request resumes after one plain step, its running estimate kept (no probe), until the
-    # misses stop it again.
-    assert drafted[:3] == [0, 2, 3] and probes[:2] == [0, 9]
+    # misses stop it again (round 5, S = 0.94: its next probe after 9 plain rounds).
+    assert drafted == [0, 2, 3, 4, 5, 15] and probes == [0, 15]
 
 
 def test_plain_and_round_costs_are_corrected_from_measurements():

@@ -58,7 +58,9 @@ def test_fixed_plans_a_fixed_build():
 
 @pytest.mark.parametrize("policy_type", [GreedyStop, Bastion])
 def test_cost_aware_plans_carry_table_and_scale(policy_type):
-    policy = policy_type(cpu_latency(), max_nodes=48, batch=2, batch_allocation=False) if policy_type is Bastion else policy_type(cpu_latency(), 48, batch=2)
+    # Without the floor, whose second round is a plain step (no tree, so no table).
+    extra = {"batch_allocation": False} if policy_type is Bastion else {}
+    policy = policy_type(cpu_latency(), 48, batch=2, floor=False, **extra)
     args = policy.plan([64, 1024])
     assert args.policy == policy.name and args.budgets.tolist() == [48, 48]
     assert args.latency_table.shape == (2, 48) and args.latency_table.dtype == torch.float32

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -18,3 +20,17 @@ def as_float64(value, name: str, *, minimum: float = 0.0, strict: bool = False) 
         relation = ">" if strict else ">="
         raise ValueError(f"{name} must be {relation} {minimum}, got min {tensor.min().item()}")
     return tensor
+
+
+def as_value(value, name: str, *, minimum: float = 0.0, strict: bool = False) -> float | torch.Tensor:
+    """``as_float64``, except that a Python number stays a float (checked the same way): the
+    roofline's arithmetic runs on either, and on floats a scalar estimate, which the speedup
+    floor asks for every round, costs a microsecond instead of a hundred."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return as_float64(value, name, minimum=minimum, strict=strict)
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite (no NaN or inf), got {[value]}")
+    if value <= minimum if strict else value < minimum:
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got min {value}")
+    return value

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import as_float64
+from ._checks import as_float64, as_value
 from .devices import DeviceSpec
 from .model_spec import ModelSpec
 
@@ -49,7 +49,10 @@ class RooflineModel:
     def from_device(cls, model: ModelSpec, device: DeviceSpec, overhead: float = 0.0) -> "RooflineModel":
         return cls(model, device.peak_flops, device.bandwidth, overhead)
 
-    def _combine(self, compute: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def _combine(self, compute, memory):
+        """max + (1 - overlap) * min of two float64 tensors, or of two floats."""
+        if isinstance(compute, float):
+            return max(compute, memory) + (1.0 - self.overlap) * min(compute, memory)
         return torch.maximum(compute, memory) + (1.0 - self.overlap) * torch.minimum(compute, memory)
 
     def bound_times(self, n_tokens, context_len, batch: int = 1) -> torch.Tensor:
@@ -57,26 +60,35 @@ class RooflineModel:
 
         n_tokens: new tokens of the forward, summed over the batch (>= 1). context_len: cached
         tokens per request (>= 0), broadcastable with ``n_tokens``. Numbers, sequences or
-        tensors. Returns float64 seconds of the broadcast shape (on the inputs' device).
+        tensors. Returns float64 seconds of the broadcast shape (on the inputs' device), or a
+        float when both are numbers.
         """
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an int >= 1, got {batch!r}")
-        n = as_float64(n_tokens, "n_tokens", minimum=1.0)
-        c = as_float64(context_len, "context_len").to(n.device)
+        n = as_value(n_tokens, "n_tokens", minimum=1.0)
+        c = as_value(context_len, "context_len")
+        if isinstance(n, float) != isinstance(c, float):  # one of them a tensor: both are
+            n, c = as_float64(n, "n_tokens"), as_float64(c, "context_len")
+        if isinstance(n, torch.Tensor):
+            c = c.to(n.device)
         layer_flops, layer_bytes = self.model.layer_cost(n, c, batch)
         head_flops, head_bytes = self.model.head_cost(n)
         layer = self._combine(layer_flops / self.peak_flops, layer_bytes / self.bandwidth)
         head = self._combine(head_flops / self.peak_flops, head_bytes / self.bandwidth)
         return self.model.n_layers * layer + head
 
-    def overhead_of(self, n_tokens) -> torch.Tensor:
-        """Fixed seconds of a forward of ``n_tokens`` tokens (float64 tensor of its shape)."""
-        n = as_float64(n_tokens, "n_tokens", minimum=1.0)
+    def overhead_of(self, n_tokens):
+        """Fixed seconds of a forward of ``n_tokens`` tokens (float64 tensor of its shape, or a
+        float for a number)."""
+        n = as_value(n_tokens, "n_tokens", minimum=1.0)
+        if isinstance(n, float):
+            return self.short_overhead if n <= self.short_tokens else self.overhead
         return torch.where(n <= self.short_tokens, self.short_overhead, self.overhead)
 
-    def forward_seconds(self, n_tokens, context_len, batch: int = 1) -> torch.Tensor:
+    def forward_seconds(self, n_tokens, context_len, batch: int = 1):
         """Predicted seconds of one forward of ``n_tokens`` new tokens over ``context_len`` cached
-        tokens (see ``bound_times``): float64 tensor of the broadcast shape."""
+        tokens (see ``bound_times``): float64 tensor of the broadcast shape, or a float when
+        both are numbers."""
         return self.overhead_of(n_tokens) + self.bound_times(n_tokens, context_len, batch)
 
     def compute_bound(self, n_tokens, context_len, batch: int = 1) -> torch.Tensor:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import as_float64
+from ._checks import as_float64, as_value
 from .online import OnlineCorrection
 from .roofline import RooflineModel
 
@@ -45,13 +45,14 @@ class LatencyModel:
         for name in ("draft_seconds", "aux_seconds", "aux_per_node_seconds"):
             as_float64(getattr(self, name), name)
 
-    def round_seconds(self, n_nodes, context_len, batch: int = 1) -> torch.Tensor:
+    def round_seconds(self, n_nodes, context_len, batch: int = 1) -> float | torch.Tensor:
         """Modelled seconds of a round without the online correction.
 
         n_nodes: tree nodes summed over the batch (>= 1); context_len: cached tokens per
-        request (the batch mean), broadcastable. Returns float64 of the broadcast shape.
+        request (the batch mean), broadcastable. Returns float64 of the broadcast shape, or a
+        float when both are numbers.
         """
-        n = as_float64(n_nodes, "n_nodes", minimum=1.0)
+        n = as_value(n_nodes, "n_nodes", minimum=1.0)
         verify = self.roofline.forward_seconds(n + batch, context_len, batch)
         return self.draft_seconds + self.aux_seconds + self.aux_per_node_seconds * n + verify
 
@@ -59,10 +60,11 @@ class LatencyModel:
         """Seconds of a round with ``n_nodes`` (>= 1) tree nodes over the batch, corrected online."""
         return float(self.round_seconds(n_nodes, context_len, batch)) * float(self.correction.factors(int(n_nodes))[-1])
 
-    def plain_modelled(self, context_len, batch: int = 1) -> torch.Tensor:
-        """Modelled seconds of a plain step of ``batch`` requests, without the online correction:
-        the round's fixed bookkeeping and a forward of one token per request (float64)."""
-        return self.aux_seconds + self.roofline.forward_seconds(batch, context_len, batch)
+    def plain_modelled(self, context_len: float, batch: int = 1) -> float:
+        """Modelled seconds of a plain step of ``batch`` requests at mean context ``context_len``,
+        without the online correction: the round's fixed bookkeeping and a forward of one token
+        per request (the roofline's float path: the floor asks for it every round)."""
+        return float(self.aux_seconds + self.roofline.forward_seconds(batch, float(context_len), batch))
 
     def plain_estimate(self, context_len: float, batch: int = 1) -> float:
         """Seconds of a plain step of ``batch`` requests at mean context ``context_len``, corrected
@@ -70,7 +72,7 @@ class LatencyModel:
         measured rounds stands in: a model that is off by a constant (a slower machine than
         calibrated) is then off equally for both sides of the floor's comparison."""
         correction = self.plain_correction if self.plain_correction.log_factors() else self.correction
-        return float(self.plain_modelled(context_len, batch)) * float(correction.factors(1)[0])
+        return self.plain_modelled(context_len, batch) * float(correction.factors(1)[0])
 
     def latency_table(self, context_lens, n_max: int, device: str | torch.device = "cpu") -> torch.Tensor:
         """T(n) for n = 1..n_max, corrected online: the ``latency_table`` of build_tree.
@@ -127,5 +129,5 @@ class LatencyModel:
 
     def observe_plain(self, context_len: float, measured_seconds: float, batch: int = 1) -> None:
         """Feed one plain step's measured time (mean context, batch) to its online correction."""
-        predicted = float(self.plain_modelled(context_len, batch))
+        predicted = self.plain_modelled(context_len, batch)
         self.plain_correction.observe(1, float(measured_seconds), predicted)

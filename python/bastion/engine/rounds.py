@@ -52,7 +52,7 @@ class _Round:
         self.args = None  # this round's BuildArgs (speculative runs)
 
     def judge(self, batch, node_counts: list[int], expected: list[float]) -> None:
-        """After the read: the policy weighs this round's trees (node counts and calibrated
+        """After the read: the policy weighs this round's trees (node counts and the surrogate
         expected acceptance per slot) and the previous round's outcomes, and each request in
         flight opens its record."""
         if self.plan is None:
