@@ -96,6 +96,8 @@ class SpeedupFloor:
         self._round = 0                         # plans so far (the probe grid's clock)
         self._awaiting: list[float | None] = [None] * batch  # last tree's expected A, until its outcome comes
         self._draft = [True] * batch            # this round's decision
+        self._round_seconds = 1.0               # T_round of the last round with trees
+        self._alive = (True,) * batch           # the slots holding a request at the last plan
 
     def plan(self, live: tuple[bool, ...] | None = None, plain: bool = False) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         """This round's (draft, probe) per request slot: draft unless waiting or the slot holds
@@ -110,7 +112,7 @@ class SpeedupFloor:
         self._round += 1
         probe = tuple(d and surrogate is None for d, surrogate in zip(draft, self._surrogate))
         self._wait = [max(wait - 1, 0) for wait in self._wait]
-        self._draft = list(draft)
+        self._draft, self._alive = list(draft), live
         return draft, probe
 
     @property
@@ -162,7 +164,9 @@ class SpeedupFloor:
         self._review(plain_seconds)
         drafting = [b for b, drafted in enumerate(self._draft) if drafted]
         if not drafting:
+            self._recheck(plain_seconds)
             return [None] * batch
+        self._round_seconds = round_seconds
         surrogates = {}
         for b in drafting:
             self._awaiting[b] = expected_accept[b]
@@ -220,6 +224,20 @@ class SpeedupFloor:
             if self._speedup(surrogates, plain_seconds / round_seconds, live) >= 1.0:
                 for b, surrogate in surrogates.items():
                     self._wait[b], self._surrogate[b] = 0, surrogate
+
+    def _recheck(self, plain_seconds: float) -> None:
+        """A plain round of requests that were drafting (the engine's one measured plain step,
+        after the first round): their last trees' outcomes are in r now, so their run is
+        judged again before they draft on (a round like their last, of T_round as it was),
+        instead of one tree round later, in the round after."""
+        running = {b: surrogate for b, (surrogate, alive) in enumerate(zip(self._surrogate, self._alive))
+                   if surrogate is not None and alive}
+        if not running:
+            return
+        ratio = plain_seconds / self._round_seconds
+        speedup = self._speedup(running, ratio, self._live)
+        if speedup < 1.0:
+            self._stop(running, self._round_seconds, self._wait_after(list(running), speedup, ratio, self._live), self._live)
 
     def _wait_after(self, drafting: list[int], speedup: float, ratio: float, live: int) -> int:
         """Plain rounds before the next probe of the requests ``drafting``, after a round

@@ -164,6 +164,23 @@ def test_bench_batch_sizes(embedded, tmp_path):
     assert rows[("ar b2", "all")]["identical_to_ar"] == 3 and rows[("ar", "all")]["speedup_vs_ar"] == 1.0
 
 
+@pytest.mark.model
+def test_bench_ignore_eos_decodes_every_token(embedded, tmp_path):
+    """--ignore-eos: every request runs to --max-new-tokens (a short answer's EOS does not end
+    it), so strategies compare the same work; the JSON says so."""
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["Say hi.", "Name a color."]))
+    counts = {}
+    for flag in ([], ["--ignore-eos"]):
+        out = tmp_path / f"results{len(flag)}"
+        argv = ["bench", "--prompts", str(prompts), "--strategies", "ar", "--max-new-tokens", "40", "--out", str(out), *flag]
+        assert run_main(argv) == 0
+        result = json.loads((out / "bench.json").read_text())
+        assert result["meta"]["stop_on_eos"] == (not flag)
+        counts[bool(flag)] = {r["category"]: r["new_tokens"] for r in result["rows"]}["all"]
+    assert counts[True] == 2 * 40 > counts[False]
+
+
 def test_module_entry_point_reports_user_error_without_traceback():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), str(ROOT)]), HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "bastion", "generate", "hi", "--model", "/no/such/model"],

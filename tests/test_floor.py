@@ -198,6 +198,19 @@ def test_a_stop_is_judged_again_on_its_outcome():
     assert drafted == [0, 2, 3, 4, 5, 15] and probes == [0, 15]
 
 
+@pytest.mark.parametrize("accepted, drafts_again", [(0, False), (1, True)])
+def test_the_measured_plain_step_judges_the_first_tree_on_its_outcome(accepted, drafts_again):
+    # Round 0's tree expects 1 token in a round of 2 plain steps (S = 1: it pays, just). Round
+    # 1 is the plain step the policy measures; round 0's outcome arrives there: nothing
+    # (r = 1 / 2, S = 0.75) stops the request before it drafts again, its 1 token keeps it.
+    floor = SpeedupFloor(1)
+    floor.plan()
+    floor.judge([1.0], [0], 2.0, 1.0)
+    assert floor.plan(plain=True)[0] == (False,)
+    floor.judge([0.0], [accepted], 1.0, 1.0)
+    assert floor.plan()[0] == (drafts_again,)
+
+
 def test_plain_and_round_costs_are_corrected_from_measurements():
     model = latency(0.05)
     modelled_plain = float(model.plain_modelled(64))

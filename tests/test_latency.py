@@ -54,6 +54,18 @@ def test_roofline_monotone_in_n_and_c():
             assert bool((t[1:] > t[:-1]).all())
 
 
+def test_numbers_and_tensors_give_the_same_seconds():
+    # The floor asks for scalars every round, in floats; tables come from tensors. Both paths
+    # agree to the last bit, a short forward's own overhead included.
+    short = RooflineModel(SMOLLM2, 90e9, 9e9, overhead=0.03, overlap=0.3, short_tokens=2, short_overhead=0.011)
+    latency = LatencyModel(short, draft_seconds=0.01, aux_seconds=1e-3, aux_per_node_seconds=1e-5)
+    for n, c in [(1, 0), (2, 37.5), (3, 1024), (700, 65)]:
+        number = short.forward_seconds(n, c, batch=1)
+        assert isinstance(number, float) and number == float(short.forward_seconds(torch.tensor([n]), c)[0])
+        assert latency.round_seconds(n, c) == float(latency.round_seconds(torch.tensor([n]), c)[0])
+    assert latency.plain_modelled(37.5, 2) == float(latency.aux_seconds + short.forward_seconds(torch.tensor([2]), 37.5, 2)[0])
+
+
 def test_roofline_regimes_follow_machine_balance():
     model = RooflineModel.from_device(QWEN3_8B, DEVICES["H100"])
     # bf16 weights: 1 FLOP per weight byte per token; H100's balance is ~295 FLOP/byte.

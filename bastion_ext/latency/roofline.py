@@ -83,7 +83,8 @@ class RooflineModel:
         n = as_value(n_tokens, "n_tokens", minimum=1.0)
         if isinstance(n, float):
             return self.short_overhead if n <= self.short_tokens else self.overhead
-        return torch.where(n <= self.short_tokens, self.short_overhead, self.overhead)
+        # float64 throughout: torch.where of two Python floats makes them float32.
+        return torch.full_like(n, self.overhead).masked_fill(n <= self.short_tokens, self.short_overhead)
 
     def forward_seconds(self, n_tokens, context_len, batch: int = 1):
         """Predicted seconds of one forward of ``n_tokens`` new tokens over ``context_len`` cached

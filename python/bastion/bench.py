@@ -43,9 +43,12 @@ def _runs(strategies: list[str], budgets: list[int], per_request: bool) -> list[
 
 
 def _hf_generate(model, ids: list[int], max_new_tokens: int, eos: int | None, lookup: bool) -> tuple[list[int], float]:
-    """transformers' own greedy ``generate()`` (optionally prompt-lookup assisted): (tokens, seconds)."""
+    """transformers' own greedy ``generate()`` (optionally prompt-lookup assisted): (tokens,
+    seconds). eos None: every one of the ``max_new_tokens`` is decoded."""
     inputs = torch.tensor([ids], device=model.device)
     extra = {"prompt_lookup_num_tokens": HF_PROMPT_LOOKUP_TOKENS} if lookup else {}
+    if eos is None:  # transformers falls back on the model's own EOS; a minimum length masks it
+        extra["min_new_tokens"] = max_new_tokens
     t0 = time.perf_counter()
     out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
                          do_sample=False, eos_token_id=eos, pad_token_id=eos, **extra)
@@ -124,7 +127,7 @@ def run_bench(args) -> int:
     prompts = [row for c in categories for row in [r for r in rows if r["category"] == c][: args.prompts_per_category]]
     runs = _runs(strategies, budgets, args.per_request)
     hf = [("hf_generate", False), ("hf_prompt_lookup", True)] if args.hf_baselines else []
-    eos = tokenizer.eos_token_id
+    eos = None if args.ignore_eos else tokenizer.eos_token_id
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -144,8 +147,9 @@ def run_bench(args) -> int:
                 continue
             config = GenerationConfig(strategy=strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                       top_p=args.top_p, seed=args.seed, budget=budget, topk=args.topk,
-                                      record_topk=args.topk if strategy != "ar" else 0, batch_allocation=allocation)
-            results = generate_batch(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=(eos,))
+                                      record_topk=args.topk if strategy != "ar" else 0, batch_allocation=allocation,
+                                      stop_on_eos=eos is not None)
+            results = generate_batch(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=() if eos is None else (eos,))
             references = [r.tokens for r in results] if strategy == "ar" else references
             row_name = name if batch == 1 else f"{name} b{batch}"
             names.setdefault(row_name, (name, batch))
@@ -178,7 +182,7 @@ def run_bench(args) -> int:
         "command": "bastion " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(("bastion", "__main__.py")) else " ".join(sys.argv),
         "device": device_name(model.device),
         "torch": torch.__version__, "python": platform.python_version(), "dtype": str(model.dtype).removeprefix("torch."),
-        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "topk": args.topk,
+        "max_new_tokens": args.max_new_tokens, "stop_on_eos": not args.ignore_eos, "temperature": args.temperature, "topk": args.topk,
         "batch_sizes": batch_sizes, "speedup_baseline": ar_name,
         "prompts": [r["id"] for r in prompts],
     }

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-request", action="store_true",
                    help="also run bastion with each request's tree cut on its own (against the batch allocation)")
     b.add_argument("--hf-baselines", action="store_true", help="also time transformers generate() and its prompt lookup")
+    b.add_argument("--ignore-eos", action="store_true",
+                   help="decode every request to --max-new-tokens: every strategy then does the same work, where in "
+                        "bf16 a near-tie can end an answer elsewhere and, in a batch, change how many requests share each round")
     b.add_argument("--out", default="bench/results", help="directory for bench.json, bench.png and records")
     add_model_args(b)
     add_decode_args(b)
