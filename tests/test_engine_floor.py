@@ -36,7 +36,7 @@ def drafted(result):
 @pytest.mark.parametrize("strategy", ["bastion", "caddtree"])
 def test_a_drafter_that_never_pays_falls_back(smollm2, references, cpu_latency, strategy):
     """Random weights accept nothing: after the first rounds only probes draft, as many rounds
-    apart as a probe loses plain steps over 0.01, at most 64, at batch 1 and with two requests
+    apart as a probe loses plain steps over 0.01, at most 128, at batch 1 and with two requests
     together."""
     model, tokenizer = smollm2
     drafter = random_dflash_drafter(model, tokenizer)

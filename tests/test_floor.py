@@ -71,11 +71,10 @@ def test_floor_engages_when_no_tree_pays(policy_type):
     # own: with one budget allocated across the batch, only the round is judged, below.)
     policy = policy_type(latency(0.1), 16, batch=2, **({"batch_allocation": False} if policy_type is Bastion else {}))
     history = run_rounds(policy, ["flat", "sure"], 140)
-    # The flat drafter: the first round and probes after waits of (1 - S) / (0.48 * 0.01)
-    # plain rounds (S = 0.48, T_plain / T_round = 0.48), capped at 64, each ending on a
-    # multiple of PROBE_GRID = 8 rounds (two requests in flight): its probes cost about 1% of
-    # the time.
-    assert drafted_rounds(history, 0) == [0, 72]
+    # The flat drafter: the first round and probes after waits of (1 - S) / (0.48 * 0.01) = 108
+    # plain rounds (S = 0.48, T_plain / T_round = 0.48), each ending on a multiple of
+    # PROBE_GRID = 8 rounds (two requests in flight): its probes cost about 1% of the time.
+    assert drafted_rounds(history, 0) == [0, 112]
     assert all(history[r][1][0] for r in drafted_rounds(history, 0))  # each of them a probe
     assert all(history[r][2][0] == pytest.approx(0.482, abs=1e-3) for r in drafted_rounds(history, 0))
     # The sure drafter beside it keeps drafting every round, and its trees are estimated to pay.
