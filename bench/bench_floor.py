@@ -49,12 +49,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-category", type=int, default=2, help="eval prompts per category")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared CPU; all cores when quiet)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--records", help="write every bastion round here (JSON lines)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="which of: " + ", ".join(CONFIGS))
     args = parser.parse_args()
     configs = {name: CONFIGS[name] for name in args.configs.split(",")}
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     model, tokenizer = load_target(None, dtype=torch.bfloat16)
     drafter = load_drafter(None, model)
     drafters = {"ar": None, "bastion random drafter": random_drafter(model)}
@@ -92,7 +93,7 @@ def main():
             rates[name].append(tokens[name] / seconds[name])
         print(f"repeat {repeat}: " + ", ".join(f"{name} {rates[name][-1]:.2f}" for name in configs), flush=True)
     ar = statistics.median(rates["ar"]) if "ar" in rates else None
-    print(f"{cpu_name()}, {torch.get_num_threads()} thread, bf16, {len(prompts)} eval prompts "
+    print(f"{cpu_name()}, {torch.get_num_threads()} thread(s), bf16, {len(prompts)} eval prompts "
           f"({', '.join(r['id'] for r in prompts)}) x {args.max_new_tokens} tokens, T=0, {args.repeats} repeats")
     print(f"{'config':<18}{'tok/s':>8}{'vs ar':>7}{'min':>8}{'max':>8}{'drafted':>9}{'tree':>6}{'=ar':>7}")
     for name in configs:
