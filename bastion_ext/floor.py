@@ -6,8 +6,8 @@ tokens per round do not pay for that difference, the request steps aside (verifi
 root) for a while and then probes again: one drafted round, whose estimate decides whether it
 keeps drafting. A round at S < 1 (S = tokens per second against a plain step's) loses
 (1 - S) T_round / T_plain plain steps, so the wait after it is that over probe_cost rounds,
-S the lower of its estimate and what the request's recent trees realised: a drafter that never pays costs a few probes per hundred tokens, at most
-``probe_cost`` of the time, and one estimated near 1 is tried again soon, since its probes
+S the lower of its estimate and what the request's recent trees realised: a drafter that
+never pays costs a few probes per hundred tokens, at most ``probe_cost`` of the time, and one estimated near 1 is tried again soon, since its probes
 cost next to nothing and it may well pay.
 
 The estimate of a round in which the requests D draft, out of the L in flight:
@@ -94,7 +94,6 @@ class SpeedupFloor:
         # ({slot: running Ā}, T_round, requests it was judged for) of each group of requests that
         # stopped drafting in the last round, until their outcomes come.
         self._stopped: list[tuple[dict[int, tuple[float, float]], float, int]] = []
-        self._live = batch                      # requests in flight at the last plan
         self._round = 0                         # plans so far (the probe grid's clock)
         self._awaiting: list[float | None] = [None] * batch  # last tree's expected A, until its outcome comes
         self._draft = [True] * batch            # this round's decision
@@ -110,7 +109,6 @@ class SpeedupFloor:
         if len(live) != len(self._wait):
             raise ValueError(f"live must hold {len(self._wait)} values, got {len(live)}")
         draft = tuple(wait == 0 and alive and not plain for wait, alive in zip(self._wait, live))
-        self._live = max(sum(live), 1)
         self._round += 1
         probe = tuple(d and surrogate is None for d, surrogate in zip(draft, self._surrogate))
         self._wait = [max(wait - 1, 0) for wait in self._wait]
@@ -121,6 +119,11 @@ class SpeedupFloor:
     def slots(self) -> int:
         """Request slots."""
         return len(self._wait)
+
+    @property
+    def _live(self) -> int:
+        """Requests in flight at the last plan (at least 1)."""
+        return max(sum(self._alive), 1)
 
     @property
     def drafting(self) -> bool:
@@ -179,7 +182,7 @@ class SpeedupFloor:
             surrogates[b] = (self.smoothing * total + expected_accept[b], self.smoothing * weight + 1.0)
         speedup = self._speedup(surrogates, ratio, self._live)
         if speedup < 1.0:  # the round does not pay: every request of it steps aside, together
-            self._stop(surrogates, round_seconds, self._wait_after(list(surrogates), speedup, ratio, self._live), self._live)
+            self._stop(surrogates, speedup, ratio, round_seconds, self._live)
             return [speedup if b in surrogates else None for b in range(batch)]
         # It pays: a request whose own tree does not (S_b = (1 + Ā_b r_b) ratio < 1) steps
         # aside alone while the others keep drafting.
@@ -189,15 +192,18 @@ class SpeedupFloor:
             if out[b] >= 1.0:
                 self._surrogate[b] = surrogate
             else:
-                self._stop({b: surrogate}, round_seconds, self._wait_after([b], out[b], ratio, 1), 1)
+                self._stop({b: surrogate}, out[b], ratio, round_seconds, 1)
         return out
 
-    def _stop(self, surrogates: dict[int, tuple[float, float]], round_seconds: float, wait: int, live: int) -> None:
-        """The requests ``surrogates`` step aside for ``wait`` rounds; their round is judged
+    def _stop(self, surrogates: dict[int, tuple[float, float]], speedup: float, ratio: float, round_seconds: float,
+              live: int) -> None:
+        """The requests ``surrogates`` of a round estimated at ``speedup`` < 1 (``ratio`` =
+        T_plain / T_round) step aside for the wait ``_wait_after`` gives; their round is judged
         again when its outcomes arrive (``_review``), as a round of ``live`` requests. With
         several requests in flight the wait ends on a multiple of ``PROBE_GRID`` rounds: the
         requests that stopped at different times probe in the same rounds, and a probe costs
         the batch one tree round, not one per request."""
+        wait = self._wait_after(list(surrogates), speedup, ratio, live)
         if live == 1 and self._live > 1:
             wait = -(-(self._round + wait) // PROBE_GRID) * PROBE_GRID - self._round
         for b in surrogates:
@@ -239,7 +245,7 @@ class SpeedupFloor:
         ratio = plain_seconds / self._round_seconds
         speedup = self._speedup(running, ratio, self._live)
         if speedup < 1.0:
-            self._stop(running, self._round_seconds, self._wait_after(list(running), speedup, ratio, self._live), self._live)
+            self._stop(running, speedup, ratio, self._round_seconds, self._live)
 
     def _wait_after(self, drafting: list[int], speedup: float, ratio: float, live: int) -> int:
         """Plain rounds before the next probe of the requests ``drafting``, after a round
