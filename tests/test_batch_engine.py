@@ -151,7 +151,7 @@ def test_tree_attention_verify_equals_the_mask_path():
     logits = {}
     for attn in ("sdpa", "bastion_tree"):
         model.set_attn_implementation(attn)
-        target = TargetCache(model, batch=2, capacity=32, want_hidden=False)
+        target = TargetCache(model, batch=2, capacity=32)
         target.prefill(prompts)
         logits[attn], _ = target.verify(tree, torch.tensor([11, 12]), n)
     model.set_attn_implementation("sdpa")

@@ -10,6 +10,8 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bastion.drafter import DFlashConfig, DFlashDrafter, default_target_layer_ids, load_drafter, select_features
+from bastion.engine.layer_features import LayerFeatures
+from bastion.engine.target import TargetCache
 from bastion.training.evaluate import evaluate
 from bastion.training.features import Sequence
 from bastion.training.fused_ce import linear_cross_entropy
@@ -186,6 +188,32 @@ def test_select_features_takes_layer_outputs(tiny_target):
     assert torch.equal(out[..., :HIDDEN], hs[1]) and torch.equal(out[..., -HIDDEN:], hs[4])
     with pytest.raises(ValueError, match="target_layer_ids"):
         select_features(hs[:3], TARGET_LAYER_IDS)
+
+
+def test_the_target_catches_the_drafter_layers_as_select_features_takes_them(tiny_target):
+    """Hooks on the drafter's layers alone catch transformers' own hidden states, bit for bit
+    (the last layer's: the final norm's output), and leave no hook on the shared model; the
+    target's prefill and the step after return them."""
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
+    layers = (2, *TARGET_LAYER_IDS)  # any order, the last layer among them
+    with torch.no_grad():
+        expected = select_features(tiny_target.model(ids, output_hidden_states=True).hidden_states, layers)
+    caught = LayerFeatures(tiny_target, layers)
+    hooks = [len(layer._forward_hooks) for layer in tiny_target.model.layers]  # transformers' own, if any
+    with torch.no_grad(), caught.catching():
+        last = tiny_target.model(ids).last_hidden_state
+    assert torch.equal(caught.features(last), expected)
+    assert [len(layer._forward_hooks) for layer in tiny_target.model.layers] == hooks
+    target = TargetCache(tiny_target, 2, 16, feature_layers=layers)
+    _, prefilled = target.prefill(ids[:, :6].tolist())
+    _, stepped = target.plain_step(ids[:, 6])
+    assert torch.equal(prefilled, expected[:, :6])
+    torch.testing.assert_close(stepped, expected[:, 6:], rtol=1e-5, atol=1e-5)  # attention over the cache
+    for bad in ((4,), (-1, 0)):
+        with pytest.raises(ValueError, match="layer_ids"):
+            TargetCache(tiny_target, 1, 8, feature_layers=bad)
+    with pytest.raises(ValueError, match="layer_ids"):
+        LayerFeatures(tiny_target, ())
 
 
 def test_config_round_trip_and_default_layers():

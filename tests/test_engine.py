@@ -160,7 +160,7 @@ def test_kv_commit_matches_fresh_forward(smollm2, ar_outputs, ranks):
     model, _ = smollm2
     ids, expected = ar_outputs[0]
     budget = 32
-    target = TargetCache(model, batch=1, capacity=len(ids) + budget + 8, want_hidden=False)
+    target = TargetCache(model, batch=1, capacity=len(ids) + budget + 8)
     target.prefill([ids])
     root, path = expected[0], expected[1: 1 + len(ranks)]
     logits = _tree_logits(path, ranks, model.config.vocab_size)

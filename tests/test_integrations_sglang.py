@@ -343,16 +343,15 @@ def greedy_through_sglang(model, drafter, prompts: list[list[int]], new_tokens: 
     outputs, which decide what is committed and emitted. Requests get different node budgets,
     so the fixed-D tensors carry padding. Returns (at least ``new_tokens`` new tokens per
     prompt, as a request that runs ahead decodes on until the slowest is done; the rounds)."""
-    from bastion.drafter import select_features
     from bastion.engine.target import TargetCache
 
     device = model.device
     batch, positions = len(prompts), drafter.block_size - 1
     longest = max(map(len, prompts))
-    target = TargetCache(model, batch, longest + new_tokens * (positions + 1) + budget + 2, want_hidden=True)
-    logits, hidden = target.prefill(prompts)
+    target = TargetCache(model, batch, longest + new_tokens * (positions + 1) + budget + 2, feature_layers=drafter.target_layer_ids)
+    logits, features = target.prefill(prompts)
     state = drafter.new_state(batch)
-    drafter.extend(state, select_features(hidden, drafter.target_layer_ids), torch.arange(longest, device=device).expand(batch, longest),
+    drafter.extend(state, features, torch.arange(longest, device=device).expand(batch, longest),
                    counts=target.lengths.clone())  # fmt: skip
     roots = logits.argmax(-1)
     out = [[token] for token in roots.tolist()]
@@ -367,7 +366,7 @@ def greedy_through_sglang(model, drafter, prompts: list[list[int]], new_tokens: 
             tree = dataclasses.replace(tree, tokens=drafter.to_target_ids(tree.tokens))
             sg = to_sglang(tree, roots, lengths)
             engine_tree = from_sglang(sg.candidates, sg.retrive_next_token, sg.retrive_next_sibling, lengths, positions)
-            logits, hidden = target.verify(engine_tree, roots, budget)
+            logits, features = target.verify(engine_tree, roots, budget)
             accept = to_sglang_accept(ops.verify_greedy(engine_tree, logits.argmax(-1)), engine_tree)
             predicts = accept.predicts.tolist()
             for b, (index, count) in enumerate(zip(accept.accept_index.tolist(), accept.accept_token_num.tolist())):
@@ -376,7 +375,6 @@ def greedy_through_sglang(model, drafter, prompts: list[list[int]], new_tokens: 
             target.commit(result.accepted_nodes, result.accept_len)
             # The drafter's new context: the verify rows of the root and the accepted path.
             rows = torch.cat([torch.zeros((batch, 1), dtype=torch.int64, device=device), result.accepted_nodes.long() + 1], 1).clamp(min=0)
-            features = select_features(hidden, drafter.target_layer_ids)
             features = features.gather(1, rows[..., None].expand(-1, -1, features.shape[-1]))
             drafter.extend(state, features, lengths[:, None] + torch.arange(1 + positions, device=device), counts=1 + result.accept_len.long())
             roots = result.bonus

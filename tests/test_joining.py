@@ -122,9 +122,9 @@ def test_every_phase_of_a_round_runs_alone(smollm2, eval_ar_outputs, drafter):
     assert tree.n_nodes.tolist() == [8, 8]
     values = batch.read(tree.n_nodes.long()[:, None])
     assert values == [[8], [8]] and [r.emitted for r in batch.requests] == [expected[:1] for _, expected in cases]
-    verify_logits, hidden = batch.target.verify(tree, batch.roots, 8)
+    verify_logits, features = batch.target.verify(tree, batch.roots, 8)
     result = tree_round.accept(batch, tree, 8, verify_logits)
-    tree_round.commit(batch, tree, result, hidden)
+    tree_round.commit(batch, tree, result, features)
     batch.read()
     done = [len(r.emitted) for r in batch.requests]
     assert [r.emitted for r in batch.requests] == [expected[:n] for (_, expected), n in zip(cases, done)]

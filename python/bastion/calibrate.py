@@ -44,7 +44,7 @@ def _verify_forward_fn(model, n_max: int):
 
     def forward(n: int, c: int) -> None:
         if c not in caches:
-            caches[c] = TargetCache(model, batch=1, capacity=c + n_max + 1, want_hidden=False)
+            caches[c] = TargetCache(model, batch=1, capacity=c + n_max + 1)
             if c:
                 caches[c].prefill([torch.randint(vocab, (c,)).tolist()])
         if n > 1 and (n, c) not in trees:  # built outside the timed calls' steady state: the first sweep warms up

@@ -19,7 +19,6 @@ from collections import deque
 
 import torch
 
-from ..drafter import select_features
 from .held_context import HeldContext
 from .tree_ops import RoundBuffers
 
@@ -128,7 +127,7 @@ class Batch:
         joining = [self.waiting.popleft() for _ in free]
         rows = torch.tensor(free, dtype=torch.int64, device=self.target.device)
         prompts = [self.prompts[r.index] for r in joining]
-        logits, hidden = self.target.prefill(prompts, free)
+        logits, features = self.target.prefill(prompts, free)
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64, device=rows.device)
         self.request_ids.index_copy_(0, rows, torch.tensor([r.index for r in joining], dtype=torch.int64, device=rows.device))
         roots = self.sampler.pick(logits, self.request_ids.index_select(0, rows), lengths)
@@ -141,7 +140,7 @@ class Batch:
             self.flush_held()  # the held steps belong to the slots' requests before this admission
             longest = max(len(p) for p in prompts)
             positions = torch.arange(longest, device=rows.device).expand(len(free), longest)
-            self.drafter.extend(self.state, select_features(hidden, self.drafter.target_layer_ids), positions,
+            self.drafter.extend(self.state, features, positions,
                                 counts=lengths, rows=rows)
             self.policy.reset(free)
         for slot, request in zip(free, joining):

@@ -58,7 +58,7 @@ def first_divergence(model, prompt_ids: list[int], ar_tokens: list[int], other_t
         return None
     prefix = list(prompt_ids) + list(ar_tokens[:index])
     device = model.device
-    stepped = TargetCache(model, batch=1, capacity=len(prefix), want_hidden=False)
+    stepped = TargetCache(model, batch=1, capacity=len(prefix))
     if len(prefix) > 1:
         stepped.prefill([prefix[:-1]])
     step_logits = stepped.step(torch.tensor([prefix[-1]], device=device))[0]

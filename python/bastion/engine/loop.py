@@ -40,7 +40,7 @@ def open_batch(model, prompts: list[list[int]], config: GenerationConfig, drafte
         check_context(model, len(prompt), config.max_new_tokens, positions)
     max_nodes = plan.max_nodes if speculative else 0
     capacity = max(len(p) for p in prompts) + config.max_new_tokens + positions + max_nodes + 2
-    target = TargetCache(model, slots, capacity, want_hidden=speculative)
+    target = TargetCache(model, slots, capacity, feature_layers=tuple(drafter.target_layer_ids) if speculative else ())
     eos = set(eos_token_ids) if config.stop_on_eos else set()
     batch = Batch(target, prompts, config.max_new_tokens, eos, on_tokens, Sampler(config.temperature, config.top_p, config.seed),
                   drafter if speculative else None, plan and plan.policy,

@@ -17,7 +17,6 @@ import dataclasses
 import torch
 from bastion_ext import ops
 
-from ..drafter import select_features
 from .records import RoundClock
 from .tree_ops import accept
 
@@ -99,10 +98,10 @@ class PlainRound(_Round):
         nothing, then the new root."""
         target = batch.target
         root_positions = target.lengths.clone()
-        logits, hidden = target.plain_step(batch.roots)
+        logits, features = target.plain_step(batch.roots)
         bonus = batch.sampler.pick(logits, batch.request_ids, target.lengths)
         if batch.drafter is not None:
-            batch.held.hold(select_features(hidden, batch.drafter.target_layer_ids), root_positions, target.live)
+            batch.held.hold(features, root_positions, target.live)
             if batch.held.full:
                 batch.flush_held()
         batch.pending[:, 0] = 0
@@ -129,10 +128,10 @@ class TreeRound(_Round):
         self.clock.mark("build")
         # At least one verify column: every request that drafted may have just left the batch.
         n = max(max(counts), 1)
-        logits, hidden = batch.target.verify(tree, batch.roots, n)
+        logits, features = batch.target.verify(tree, batch.roots, n)
         self.clock.mark("verify")
         result = self.accept(batch, tree, n, logits)
-        self.commit(batch, tree, result, hidden)
+        self.commit(batch, tree, result, features)
         self.end(batch, max(sum(counts), 1))
 
     def draft(self, batch) -> torch.Tensor:
@@ -168,7 +167,7 @@ class TreeRound(_Round):
         uniform of each token's request and position)."""
         return accept(tree, n, logits, batch.sampler, batch.buffers, batch.request_ids, batch.target.lengths)
 
-    def commit(self, batch, tree, result, hidden) -> None:
+    def commit(self, batch, tree, result, features) -> None:
         """Keep the accepted paths: compact the target's KV cache, extend the drafter with the
         root's and the path's features (rows of the verify forward), the tokens pending for the
         next read, the new roots, and the policy's surrogate calibration."""
@@ -176,7 +175,6 @@ class TreeRound(_Round):
         root_positions = target.lengths.clone()
         target.commit(result.accepted_nodes, result.accept_len)
         keep = torch.cat([torch.zeros_like(root_positions)[:, None], result.accepted_nodes.long() + 1], 1).clamp(min=0)
-        features = select_features(hidden, batch.drafter.target_layer_ids)
         features = features.gather(1, keep[..., None].expand(-1, -1, features.shape[-1]))
         offsets = torch.arange(1 + batch.positions, device=root_positions.device)
         batch.drafter.extend(batch.state, features, root_positions[:, None] + offsets,

@@ -18,6 +18,7 @@ from bastion_ext.tree import DraftTree
 
 from ..hf_attention import ATTN_IMPLEMENTATION, tree_verify_context
 from .kv_cache import RaggedKVCache
+from .layer_features import LayerFeatures
 
 
 def _cache_keyword(model) -> str:
@@ -34,7 +35,8 @@ class TargetCache:
         final hidden state), eval mode.
     batch : requests decoded together.
     capacity : slots per request (prompt + generation + one verify).
-    want_hidden : whether forwards return the per-layer hidden states (a drafter needs them).
+    feature_layers : the decoder layers whose outputs forwards return, concatenated (a
+        drafter's ``target_layer_ids``); empty: none.
 
     ``lengths`` (device) counts each request's committed tokens; ``bound`` (host) is at least
     their maximum, kept without reading the device: the engine tightens it with
@@ -43,9 +45,9 @@ class TargetCache:
     slot (fixed shapes), but only live slots' committed lengths grow.
     """
 
-    def __init__(self, model, batch: int, capacity: int, want_hidden: bool):
+    def __init__(self, model, batch: int, capacity: int, feature_layers: tuple[int, ...] = ()):
         self.model = model
-        self.want_hidden = want_hidden
+        self._features = LayerFeatures(model, feature_layers) if feature_layers else None
         self.cache = RaggedKVCache(model.config, batch, capacity, model.dtype, model.device)
         self.bound = 0
         self.live = torch.ones((batch,), dtype=torch.int64, device=model.device)
@@ -87,10 +89,17 @@ class TargetCache:
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None):
         """Run the decoder over (batch, q) tokens at (batch, q) positions after the committed
         slots (``cache.active`` set by the caller). Returns (final hidden states (batch, q, d),
-        the hidden-states tuple or None)."""
+        the features (batch, q, F) of ``feature_layers``, or None without them)."""
+        if self._features is None:
+            return self._run(tokens, positions, mask), None
+        with self._features.catching():
+            hidden = self._run(tokens, positions, mask)
+        return hidden, self._features.features(hidden)
+
+    def _run(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         out = self.model.base_model(input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
-                                    output_hidden_states=self.want_hidden, **{self._cache_keyword: self.cache})
-        return out.last_hidden_state, out.hidden_states
+                                    **{self._cache_keyword: self.cache})
+        return out.last_hidden_state
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.get_output_embeddings()(hidden).float()
@@ -101,8 +110,8 @@ class TargetCache:
         them, in slots ``rows`` (host ints, one per prompt; None: every slot in order). The
         other slots are neither read nor written.
 
-        Returns (logits (r, V) fp32 of each prompt's last token, hidden states: a tuple of
-        (r, max prompt length, d) per layer, right-padded, or None).
+        Returns (logits (r, V) fp32 of each prompt's last token, features (r, max prompt
+        length, F), right-padded, or None).
         """
         lens = torch.tensor([len(p) for p in prompts], dtype=torch.int64, device=self.device)
         longest = max(len(p) for p in prompts)
@@ -117,7 +126,7 @@ class TargetCache:
         self.cache.active, self.cache.rows = longest, index
         try:
             mask = self._additive_mask(causal.expand(len(prompts), -1, -1), torch.zeros_like(lens))
-            hidden, states = self._forward(tokens, positions, mask)
+            hidden, features = self._forward(tokens, positions, mask)
         finally:
             self.cache.rows = None
         if index is None:
@@ -127,7 +136,7 @@ class TargetCache:
             self.cache.lengths.index_copy_(0, index, lens)
             self.bound = max(self.bound, longest)
         last = hidden.gather(1, (lens - 1)[:, None, None].expand(-1, 1, hidden.shape[2]))[:, 0]
-        return self._logits(last), states
+        return self._logits(last), features
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -136,15 +145,15 @@ class TargetCache:
 
     @torch.inference_mode()
     def plain_step(self, tokens: torch.Tensor):
-        """:meth:`step` that also returns the hidden-states tuple ((batch, 1, d) per layer, or
-        None without ``want_hidden``): a speculative batch's plain step feeds them to its drafter.
-        Returns (logits (batch, V) fp32, hidden states)."""
+        """:meth:`step` that also returns the features ((batch, 1, F), or None without
+        ``feature_layers``): a speculative batch's plain step feeds them to its drafter.
+        Returns (logits (batch, V) fp32, features)."""
         self.cache.active = self.bound + 1
         sees_self = torch.ones((self.batch_size, 1, 1), dtype=torch.bool, device=self.device)
-        hidden, states = self._forward(tokens[:, None], self.lengths[:, None], self._additive_mask(sees_self, self.lengths))
+        hidden, features = self._forward(tokens[:, None], self.lengths[:, None], self._additive_mask(sees_self, self.lengths))
         self.cache.lengths += self.live
         self.bound += 1
-        return self._logits(hidden[:, -1]), states
+        return self._logits(hidden[:, -1]), features
 
     @torch.inference_mode()
     def verify(self, tree: DraftTree, roots: torch.Tensor, n: int):
@@ -154,7 +163,7 @@ class TargetCache:
         n: the verify width, at least every request's node count (the rest is padding, which
         no real token sees). Verify index 0 is the root, ``i + 1`` node ``i``. The new entries
         stay in the cache until :meth:`commit`.
-        Returns (logits (batch, n + 1, V) fp32, hidden states tuple or None).
+        Returns (logits (batch, n + 1, V) fp32, features (batch, n + 1, F) or None).
         """
         lengths = self.lengths
         tokens = torch.cat([roots[:, None], tree.tokens[:, :n].clamp(min=0)], 1)
@@ -167,13 +176,13 @@ class TargetCache:
             # asks the cache nothing); the tree kernel never reads it.
             placeholder = torch.empty((self.batch_size, 1, 0, 0), dtype=self.model.dtype, device=self.device)
             with tree_verify_context(tree.ancestor_bits[:, :n, : (n + 31) // 32], cache_lens=lengths):
-                hidden, states = self._forward(tokens, positions, placeholder)
+                hidden, features = self._forward(tokens, positions, placeholder)
         else:
             if self._verify_mask is None or self._verify_mask.shape[2] < n + 1:
                 self._verify_mask = torch.empty((self.batch_size, 1, tree.max_nodes + 1, self.cache.capacity),
                                                 dtype=self.model.dtype, device=self.device)
-            hidden, states = self._forward(tokens, positions, self._additive_mask(tree.verify_visibility(n), lengths, self._verify_mask))
-        return self._logits(hidden), states
+            hidden, features = self._forward(tokens, positions, self._additive_mask(tree.verify_visibility(n), lengths, self._verify_mask))
+        return self._logits(hidden), features
 
     @torch.inference_mode()
     def commit(self, accepted_nodes: torch.Tensor, accept_len: torch.Tensor) -> None:
