@@ -7,8 +7,13 @@ root) for a while and then probes again: one drafted round, whose estimate decid
 keeps drafting. A round at S < 1 (S = tokens per second against a plain step's) loses
 (1 - S) T_round / T_plain plain steps, so the wait after it is that over probe_cost rounds,
 S the lower of its estimate and what the request's recent trees realised: a drafter that
-never pays costs a few probes per hundred tokens, at most ``probe_cost`` of the time, and one estimated near 1 is tried again soon, since its probes
-cost next to nothing and it may well pay.
+never pays costs a few probes per hundred tokens, about ``probe_cost`` of the time, and one
+estimated near 1 is tried again soon, since its probes cost next to nothing and it may well
+pay. The part of that loss which only the outcomes show (trees accepting less than they
+expect) counts E / (E + prior), E the tokens the request's trees expected so far: the first
+misses of unsure trees are little evidence (a committed drafter's first chat tree expected
+0.26 tokens, its later ones accepted 0.55 a round, and a full wait after that one miss held
+it in plain steps for 50 rounds).
 
 The estimate of a round in which the requests D draft, out of the L in flight:
 
@@ -36,7 +41,8 @@ rounds to come, which regress to the request's mean, not about this round's tree
 
 A round that stops drafting is judged again when its outcomes arrive (the next round, a plain
 one): if what they accepted makes it pay, its requests draft again after that one plain step,
-so a probe is judged by what it accepted, not only by the estimate made before it.
+so a probe is judged by what it accepted, not only by the estimate made before it; if not,
+its wait is set again from that evidence.
 
 Host-side state only: every decision is made from numbers the host already holds (the
 round's one read and the latency model), so the floor adds no device sync.
@@ -196,19 +202,27 @@ class SpeedupFloor:
         return out
 
     def _stop(self, surrogates: dict[int, tuple[float, float]], speedup: float, ratio: float, round_seconds: float,
-              live: int) -> None:
+              live: int, review: bool = True) -> None:
         """The requests ``surrogates`` of a round estimated at ``speedup`` < 1 (``ratio`` =
-        T_plain / T_round) step aside for the wait ``_wait_after`` gives; their round is judged
-        again when its outcomes arrive (``_review``), as a round of ``live`` requests. With
-        several requests in flight the wait ends on a multiple of ``PROBE_GRID`` rounds: the
-        requests that stopped at different times probe in the same rounds, and a probe costs
-        the batch one tree round, not one per request."""
-        wait = self._wait_after(list(surrogates), speedup, ratio, live)
-        if live == 1 and self._live > 1:
-            wait = -(-(self._round + wait) // PROBE_GRID) * PROBE_GRID - self._round
+        T_plain / T_round) step aside for the wait ``_wait_for`` gives; their round is judged
+        again when its outcomes arrive (``_review``; ``review`` False: they are in already), as
+        a round of ``live`` requests."""
+        wait = self._wait_for(surrogates, speedup, ratio, live)
         for b in surrogates:
             self._surrogate[b], self._wait[b] = None, wait
-        self._stopped.append((surrogates, round_seconds, live))
+        if review:
+            self._stopped.append((surrogates, round_seconds, live))
+
+    def _wait_for(self, surrogates: dict[int, tuple[float, float]], speedup: float, ratio: float, live: int,
+                  elapsed: int = 0) -> int:
+        """``_wait_after`` less the ``elapsed`` rounds since the stop, and with several requests
+        in flight, ending on a multiple of ``PROBE_GRID`` rounds for a request stopped alone:
+        the requests that stopped at different times probe in the same rounds, and a probe
+        costs the batch one tree round, not one per request."""
+        wait = max(self._wait_after(surrogates, speedup, ratio, live) - elapsed, 0)
+        if live == 1 and self._live > 1:
+            wait = -(-(self._round + wait) // PROBE_GRID) * PROBE_GRID - self._round
+        return wait
 
     def _gain(self, b: int, surrogate: tuple[float, float]) -> float:
         """Request b's expected accepted draft tokens per round: its running surrogate Ā_b
@@ -226,12 +240,17 @@ class SpeedupFloor:
         """Judge the rounds that stopped drafting again, now that their outcomes are in r (and
         the plain step after them in T_plain): a probe, or the last round of a run, that
         accepted what pays resumes drafting next round, after one plain step instead of the
-        whole wait."""
+        whole wait; one that did not waits as long as this evidence says, from now."""
         stopped, self._stopped = self._stopped, []
         for surrogates, round_seconds, live in stopped:
-            if self._speedup(surrogates, plain_seconds / round_seconds, live) >= 1.0:
-                for b, surrogate in surrogates.items():
-                    self._wait[b], self._surrogate[b] = 0, surrogate
+            ratio = plain_seconds / round_seconds
+            speedup = self._speedup(surrogates, ratio, live)
+            # The wait counts from the stop, a round ago.
+            wait = 0 if speedup >= 1.0 else self._wait_for(surrogates, speedup, ratio, live, elapsed=1)
+            for b, surrogate in surrogates.items():
+                self._wait[b] = wait
+                if speedup >= 1.0:
+                    self._surrogate[b] = surrogate
 
     def _recheck(self, plain_seconds: float) -> None:
         """A plain round of requests that were drafting (the engine's one measured plain step,
@@ -245,10 +264,11 @@ class SpeedupFloor:
         ratio = plain_seconds / self._round_seconds
         speedup = self._speedup(running, ratio, self._live)
         if speedup < 1.0:
-            self._stop(running, speedup, ratio, self._round_seconds, self._live)
+            self._stop(running, speedup, ratio, self._round_seconds, self._live, review=False)
 
-    def _wait_after(self, drafting: list[int], speedup: float, ratio: float, live: int) -> int:
-        """Plain rounds before the next probe of the requests ``drafting``, after a round
+    def _wait_after(self, surrogates: dict[int, tuple[float, float]], speedup: float, ratio: float, live: int) -> int:
+        """Plain rounds before the next probe of the requests ``surrogates`` (slot -> running
+        surrogate), after a round
         estimated at ``speedup`` < 1 (``ratio`` = T_plain / T_round): a probe like it loses
         (1 - S) / ratio plain steps (its time, less the plain steps its tokens would have
         taken), so waiting that over probe_cost rounds keeps the probes of a drafter that
@@ -261,10 +281,21 @@ class SpeedupFloor:
         for all of them: they probe together, and the rounds between are plain for the batch."""
         # Each request's realised mean, with the estimate's tokens per request standing in for
         # ``prior`` rounds: one miss at the start of a request is no evidence yet.
+        drafting = list(surrogates)
         estimate = (speedup / ratio - 1.0) * live / len(drafting)
         realised = sum((self._realised[b] + self.prior * estimate) / (self._outcomes[b] + self.prior) for b in drafting)
         speedup = min(speedup, (live + realised) / live * ratio)
-        return min(self.max_wait, max(1, math.ceil((1.0 - speedup) / (ratio * self.probe_cost))))
+        # The loss has two parts. What the trees expect (r = 1) is known without outcomes: a
+        # drafter whose trees expect next to nothing loses (1 - S_1) / ratio a probe, surely.
+        # What r < 1 adds is evidence of the outcomes, worth trusting as far as the trees were
+        # expected to accept: a miss of a tree that expected 0.3 tokens is little evidence (a
+        # drafter that pays its way misses 3 times in 4), one of 3 tokens is; so that part
+        # counts E / (E + prior), E the expected tokens of the requests' outcomes so far.
+        expected = sum(total / weight for total, weight in surrogates.values())
+        sure = min((live + expected) / live * ratio, 1.0)
+        evidence = sum(self._expected[b] for b in drafting)
+        loss = (1.0 - sure) + max(sure - speedup, 0.0) * evidence / (evidence + self.prior)
+        return min(self.max_wait, max(1, math.ceil(loss / (ratio * self.probe_cost))))
 
     def reset(self, slots: list[int]) -> None:
         """New requests take the slots ``slots`` (host ints): their state starts afresh."""

@@ -140,12 +140,14 @@ def test_waits_follow_the_estimate_and_a_paying_probe_resumes():
         if probe[0]:
             probes.append(r)
     # A probe that does not pay (S = 1 / 1.5) loses (1 - S) * 1.5 = 0.5 plain steps, so it
-    # waits 0.5 / 0.03 = 17 plain rounds, capped at 8; the probe at 27 pays. When the trees
-    # stop paying (30), the running Ā (the mean of 1, 1, 1, 0, 0 with weights fading by 0.8:
-    # 0.66, then 0.46) drops below 0.5 at round 31 (S = 0.976: a loss of 0.036 steps, a wait
-    # of 2 rounds), and the 8-round waits start again.
-    assert drafted == [0, 9, 18, 27, 28, 29, 30, 31, 34, 43, 52]
-    assert probes == [0, 9, 18, 27, 34, 43, 52]
+    # waits 0.5 / 0.03 = 17 plain rounds, capped at 8 (trees that expect nothing could not
+    # pay at twice that: the whole wait); the probe at 27 pays. When the trees stop paying
+    # (30), the running Ā (the mean of 1, 1, 1, 0, 0 with weights fading by 0.8: 0.66, then
+    # 0.46) drops below 0.5 at round 31 (S = 0.976). Its outcome (nothing) brings the realised
+    # mean to 0.40 tokens (S = 0.93, a loss of 0.10 steps), on E = 2.2 expected tokens of
+    # evidence: a wait of 0.10 / 0.03 * 2.2 / 3.2 = 3 rounds; then the 8-round waits again.
+    assert drafted == [0, 9, 18, 27, 28, 29, 30, 31, 35, 44, 53]
+    assert probes == [0, 9, 18, 27, 35, 44, 53]
 
 
 def test_the_running_estimate_smooths_one_bad_round():
@@ -174,17 +176,20 @@ def test_a_confident_wrong_drafter_is_caught_by_its_outcomes():
     # and each round's brings r = 1 / (1 + E) down with E, the expected tokens not accepted
     # (3, 5.7, ...): S = 1.17, then 0.97 at round 2. Its rounds realised nothing: 0 tokens
     # over its 2 (decayed: 1.9) outcomes and the estimate's 0.45 for 1 more give S = 0.77, a
-    # loss of 0.23 * 1.5 = 0.35 plain steps per probe, so a wait of 0.35 / 0.01 = 35 rounds.
-    assert drafted == [0, 1, 2, 38]
+    # loss of 0.23 * 1.5 = 0.35 plain steps per probe. Round 2's outcome (nothing again) comes
+    # in round 3: S = 0.73, a loss of 0.41 steps, on E = 8.1 expected tokens of evidence, so a
+    # wait of 0.41 / 0.01 * 8.1 / 9.1 = 37 rounds from the stop.
+    assert drafted == [0, 1, 2, 40]
 
 
 def test_a_stop_is_judged_again_on_its_outcome():
     floor = SpeedupFloor(1)
     drafted, probes = [], []
-    for r in range(16):
+    for r in range(24):
         draft, probe = floor.plan()
         # The probe at round 0 expects 0.4 tokens: 1.4 for a round of 1.5 steps does not pay
-        # (S = 0.93: a wait of (1 - S) * 1.5 / 0.01 = 10 rounds). It accepts 2
+        # (S = 0.93: a wait of (1 - S) * 1.5 / 0.01 = 10 rounds, all of it from what the tree
+        # expected, whatever its outcome). It accepts 2
         # (r = (2 + 1) / (0.4 + 1)), later trees nothing.
         accepted = 2 if r == 1 else 0
         floor.judge([0.4], [accepted], 1.5, 1.0)
@@ -193,8 +198,30 @@ def test_a_stop_is_judged_again_on_its_outcome():
         if probe[0]:
             probes.append(r)
     # The request resumes after one plain step, its running estimate kept (no probe), until the
-    # misses stop it again (round 5, S = 0.94: its next probe after 9 plain rounds).
-    assert drafted == [0, 2, 3, 4, 5, 15] and probes == [0, 15]
+    # misses stop it again (round 5, S = 0.94). Round 5's outcome (nothing) brings S to 0.88:
+    # a loss of 1 - 0.93 from what the trees expect, and 0.93 - 0.88 from what they missed,
+    # on E = 1.6 expected tokens of evidence, counted 1.6 / 2.6: a wait of
+    # (0.067 + 0.049 * 0.62) * 1.5 / 0.01 = 15 plain rounds from the stop.
+    assert drafted == [0, 2, 3, 4, 5, 21] and probes == [0, 21]
+
+
+@pytest.mark.parametrize("expected, drafted", [(0.3, [0, 1, 11, 24, 39, 56]), (3.0, [0, 1, 2, 3, 4, 29, 55])])
+def test_the_wait_after_a_miss_grows_with_what_the_trees_expected(expected, drafted):
+    """A drafter whose every tree misses, in rounds of 1.3 plain steps. Trees that accepted
+    what they expect would pay (1.3 tokens and more a round), so the whole loss is what the
+    outcomes show, trusted as far as the trees expected tokens. Unsure trees (0.3 tokens): after
+    the first miss (S = 0.86 on E = 0.3) the wait is 0.3 / 1.3 of the full 19 rounds, and it
+    grows with the misses (E = 0.57, 0.81, ..., at most 3: waits of at most 3/4 of the full
+    one). Sure trees (3 tokens) bring 3 tokens of evidence each: near the full wait from the
+    first stop."""
+    floor = SpeedupFloor(1)
+    rounds = []
+    for r in range(60):
+        draft, _ = floor.plan()
+        floor.judge([expected], [0], 1.3, 1.0)
+        if draft[0]:
+            rounds.append(r)
+    assert rounds == drafted
 
 
 @pytest.mark.parametrize("accepted, drafts_again", [(0, False), (1, True)])

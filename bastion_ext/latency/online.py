@@ -27,6 +27,7 @@ class OnlineCorrection:
             raise ValueError(f"n_buckets must be >= 1, got {n_buckets}")
         self.window = window
         self._history = [deque(maxlen=window) for _ in range(n_buckets)]
+        self._known: list[tuple[float, float]] | None = None  # log_factors until the next observe
 
     def _bucket(self, n: int) -> int:
         return min(int(n).bit_length() - 1, len(self._history) - 1)
@@ -39,9 +40,13 @@ class OnlineCorrection:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {value}")
         self._history[self._bucket(n)].append(math.log(measured_seconds / predicted_seconds))
+        self._known = None
 
     def log_factors(self) -> list[tuple[float, float]]:
-        """(log2 of the bucket centre, median log-ratio) for every bucket with data."""
+        """(log2 of the bucket centre, median log-ratio) for every bucket with data (kept until
+        the next observation: the floor asks for them several times a round)."""
+        if self._known is not None:
+            return self._known
         out = []
         for index, history in enumerate(self._history):
             if history:
@@ -49,6 +54,7 @@ class OnlineCorrection:
                 middle = len(ordered) // 2
                 median = ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
                 out.append((index + 0.5 * (index > 0), median))
+        self._known = out
         return out
 
     def factors(self, n_max: int) -> torch.Tensor:
