@@ -10,10 +10,10 @@ S the lower of its estimate and what the request's recent trees realised: a draf
 never pays costs a few probes per hundred tokens, about ``probe_cost`` of the time, and one
 estimated near 1 is tried again soon, since its probes cost next to nothing and it may well
 pay. The part of that loss which only the outcomes show (trees accepting less than they
-expect) counts E / (E + prior), E the tokens the request's trees expected so far: the first
-misses of unsure trees are little evidence (a committed drafter's first chat tree expected
-0.26 tokens, its later ones accepted 0.55 a round, and a full wait after that one miss held
-it in plain steps for 50 rounds).
+expect) counts 1 - exp(-E / prior), E the tokens the request's trees expected so far: the
+first misses of unsure trees are little evidence (a committed drafter's first chat tree
+expected 0.26 tokens, its later ones accepted 0.55 a round, and a full wait after that one
+miss held it in plain steps for 50 rounds).
 
 The estimate of a round in which the requests D draft, out of the L in flight:
 
@@ -287,14 +287,15 @@ class SpeedupFloor:
         speedup = min(speedup, (live + realised) / live * ratio)
         # The loss has two parts. What the trees expect (r = 1) is known without outcomes: a
         # drafter whose trees expect next to nothing loses (1 - S_1) / ratio a probe, surely.
-        # What r < 1 adds is evidence of the outcomes, worth trusting as far as the trees were
-        # expected to accept: a miss of a tree that expected 0.3 tokens is little evidence (a
-        # drafter that pays its way misses 3 times in 4), one of 3 tokens is; so that part
-        # counts E / (E + prior), E the expected tokens of the requests' outcomes so far.
+        # What r < 1 adds is evidence of the outcomes, worth trusting as far as they could have
+        # told a drafter that pays its way (one whose trees accept what they expect) from one
+        # that does not: trees that expected E tokens in all miss them all with chance
+        # exp(-E / prior) when they accept what they expect (E = 0.3: 3 times in 4), so that
+        # part counts 1 - exp(-E / prior), E the expected tokens of the requests' outcomes so far.
         expected = sum(total / weight for total, weight in surrogates.values())
         sure = min((live + expected) / live * ratio, 1.0)
         evidence = sum(self._expected[b] for b in drafting)
-        loss = (1.0 - sure) + max(sure - speedup, 0.0) * evidence / (evidence + self.prior)
+        loss = (1.0 - sure) - max(sure - speedup, 0.0) * math.expm1(-evidence / self.prior)
         return min(self.max_wait, max(1, math.ceil(loss / (ratio * self.probe_cost))))
 
     def reset(self, slots: list[int]) -> None:

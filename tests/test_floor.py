@@ -145,9 +145,10 @@ def test_waits_follow_the_estimate_and_a_paying_probe_resumes():
     # (30), the running Ā (the mean of 1, 1, 1, 0, 0 with weights fading by 0.8: 0.66, then
     # 0.46) drops below 0.5 at round 31 (S = 0.976). Its outcome (nothing) brings the realised
     # mean to 0.40 tokens (S = 0.93, a loss of 0.10 steps), on E = 2.2 expected tokens of
-    # evidence: a wait of 0.10 / 0.03 * 2.2 / 3.2 = 3 rounds; then the 8-round waits again.
-    assert drafted == [0, 9, 18, 27, 28, 29, 30, 31, 35, 44, 53]
-    assert probes == [0, 9, 18, 27, 35, 44, 53]
+    # evidence (counted 1 - exp(-2.2) = 0.89): a wait of 0.10 * 0.89 / 0.03 = 4 rounds; then
+    # the 8-round waits again.
+    assert drafted == [0, 9, 18, 27, 28, 29, 30, 31, 36, 45, 54]
+    assert probes == [0, 9, 18, 27, 36, 45, 54]
 
 
 def test_the_running_estimate_smooths_one_bad_round():
@@ -165,7 +166,7 @@ def test_a_confident_wrong_drafter_is_caught_by_its_outcomes():
     floor = SpeedupFloor(1)
     drafted = []
     accepted = 0
-    for r in range(41):
+    for r in range(50):
         draft, _ = floor.plan()
         # Every tree expects 3 accepted tokens (the calibrated surrogate) and accepts none.
         floor.judge([3.0], [accepted], 1.5, 1.0)
@@ -177,9 +178,9 @@ def test_a_confident_wrong_drafter_is_caught_by_its_outcomes():
     # (3, 5.7, ...): S = 1.17, then 0.97 at round 2. Its rounds realised nothing: 0 tokens
     # over its 2 (decayed: 1.9) outcomes and the estimate's 0.45 for 1 more give S = 0.77, a
     # loss of 0.23 * 1.5 = 0.35 plain steps per probe. Round 2's outcome (nothing again) comes
-    # in round 3: S = 0.73, a loss of 0.41 steps, on E = 8.1 expected tokens of evidence, so a
-    # wait of 0.41 / 0.01 * 8.1 / 9.1 = 37 rounds from the stop.
-    assert drafted == [0, 1, 2, 40]
+    # in round 3: S = 0.73, a loss of 0.41 steps, on E = 8.1 expected tokens of evidence
+    # (counted 1 - exp(-8.1), all but 0.03%), so a wait of 0.41 / 0.01 = 42 rounds from the stop.
+    assert drafted == [0, 1, 2, 45]
 
 
 def test_a_stop_is_judged_again_on_its_outcome():
@@ -200,20 +201,20 @@ def test_a_stop_is_judged_again_on_its_outcome():
     # The request resumes after one plain step, its running estimate kept (no probe), until the
     # misses stop it again (round 5, S = 0.94). Round 5's outcome (nothing) brings S to 0.88:
     # a loss of 1 - 0.93 from what the trees expect, and 0.93 - 0.88 from what they missed,
-    # on E = 1.6 expected tokens of evidence, counted 1.6 / 2.6: a wait of
-    # (0.067 + 0.049 * 0.62) * 1.5 / 0.01 = 15 plain rounds from the stop.
-    assert drafted == [0, 2, 3, 4, 5, 21] and probes == [0, 21]
+    # on E = 1.6 expected tokens of evidence, counted 1 - exp(-1.6) = 0.81: a wait of
+    # (0.067 + 0.049 * 0.81) * 1.5 / 0.01 = 16 plain rounds from the stop.
+    assert drafted == [0, 2, 3, 4, 5, 22] and probes == [0, 22]
 
 
-@pytest.mark.parametrize("expected, drafted", [(0.3, [0, 1, 11, 24, 39, 56]), (3.0, [0, 1, 2, 3, 4, 29, 55])])
+@pytest.mark.parametrize("expected, drafted", [(0.3, [0, 1, 13, 29, 48]), (3.0, [0, 1, 2, 3, 4, 31, 59])])
 def test_the_wait_after_a_miss_grows_with_what_the_trees_expected(expected, drafted):
     """A drafter whose every tree misses, in rounds of 1.3 plain steps. Trees that accepted
     what they expect would pay (1.3 tokens and more a round), so the whole loss is what the
     outcomes show, trusted as far as the trees expected tokens. Unsure trees (0.3 tokens): after
-    the first miss (S = 0.86 on E = 0.3) the wait is 0.3 / 1.3 of the full 19 rounds, and it
-    grows with the misses (E = 0.57, 0.81, ..., at most 3: waits of at most 3/4 of the full
-    one). Sure trees (3 tokens) bring 3 tokens of evidence each: near the full wait from the
-    first stop."""
+    the first miss (S = 0.86 on E = 0.3) the wait is 1 - exp(-0.3) = 0.26 of the full 19
+    rounds, and it grows with the misses (E = 0.57, 0.81, ..., at most 3: waits of at most
+    0.95 of the full one). Sure trees (3 tokens) bring 3 tokens of evidence each: near the
+    full wait from the first stop."""
     floor = SpeedupFloor(1)
     rounds = []
     for r in range(60):
