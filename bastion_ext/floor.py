@@ -268,8 +268,8 @@ class SpeedupFloor:
 
     def _wait_after(self, surrogates: dict[int, tuple[float, float]], speedup: float, ratio: float, live: int) -> int:
         """Plain rounds before the next probe of the requests ``surrogates`` (slot -> running
-        surrogate), after a round
-        estimated at ``speedup`` < 1 (``ratio`` = T_plain / T_round): a probe like it loses
+        surrogate), after a round estimated at ``speedup`` < 1 (``ratio`` = T_plain / T_round):
+        a probe like it loses
         (1 - S) / ratio plain steps (its time, less the plain steps its tokens would have
         taken), so waiting that over probe_cost rounds keeps the probes of a drafter that
         never pays under ``probe_cost`` of the time, while one estimated near 1,
