@@ -245,12 +245,13 @@ class SpeedupFloor:
         for surrogates, round_seconds, live in stopped:
             ratio = plain_seconds / round_seconds
             speedup = self._speedup(surrogates, ratio, live)
-            # The wait counts from the stop, a round ago.
-            wait = 0 if speedup >= 1.0 else self._wait_for(surrogates, speedup, ratio, live, elapsed=1)
-            for b, surrogate in surrogates.items():
+            if speedup >= 1.0:
+                for b, surrogate in surrogates.items():
+                    self._wait[b], self._surrogate[b] = 0, surrogate
+                continue
+            wait = self._wait_for(surrogates, speedup, ratio, live, elapsed=1)  # from the stop, a round ago
+            for b in surrogates:
                 self._wait[b] = wait
-                if speedup >= 1.0:
-                    self._surrogate[b] = surrogate
 
     def _recheck(self, plain_seconds: float) -> None:
         """A plain round of requests that were drafting (the engine's one measured plain step,
@@ -269,10 +270,9 @@ class SpeedupFloor:
     def _wait_after(self, surrogates: dict[int, tuple[float, float]], speedup: float, ratio: float, live: int) -> int:
         """Plain rounds before the next probe of the requests ``surrogates`` (slot -> running
         surrogate), after a round estimated at ``speedup`` < 1 (``ratio`` = T_plain / T_round):
-        a probe like it loses
-        (1 - S) / ratio plain steps (its time, less the plain steps its tokens would have
-        taken), so waiting that over probe_cost rounds keeps the probes of a drafter that
-        never pays under ``probe_cost`` of the time, while one estimated near 1,
+        a probe like it loses (1 - S) / ratio plain steps (its time, less the plain steps its
+        tokens would have taken), so waiting that over probe_cost rounds keeps the probes of a
+        drafter that never pays under ``probe_cost`` of the time, while one estimated near 1,
         whose probes cost next to nothing and which may well pay (the estimate is noisy), is
         tried again soon: waits that doubled after every probe that did not pay kept such a
         drafter in plain steps for most of a request. S is the lower of the estimate and what

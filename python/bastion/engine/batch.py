@@ -140,8 +140,7 @@ class Batch:
             self.flush_held()  # the held steps belong to the slots' requests before this admission
             longest = max(len(p) for p in prompts)
             positions = torch.arange(longest, device=rows.device).expand(len(free), longest)
-            self.drafter.extend(self.state, features, positions,
-                                counts=lengths, rows=rows)
+            self.drafter.extend(self.state, features, positions, counts=lengths, rows=rows)
             self.policy.reset(free)
         for slot, request in zip(free, joining):
             self.slots[slot] = request
