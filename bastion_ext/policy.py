@@ -181,6 +181,7 @@ class _CostAware(Policy):
         self.floor = SpeedupFloor(batch) if floor else None
         self._plans = 0  # rounds planned
         self._plain_measured = False  # whether a plain step's time has come back (observe_time)
+        self._tree_nodes = 1  # total nodes of the last round with trees
 
     # Whether the floor stops a request whose own tree does not pay while the batch's round does
     # (each tree cut on its own: its size is the request's choice).
@@ -222,9 +223,10 @@ class _CostAware(Policy):
         S_b < 1: request b takes plain steps until its next probe (``SpeedupFloor``)."""
         if self.floor is None:
             return [None] * len(n_nodes)
-        round_s = 1.0  # unused when nobody drafts: the round brings outcomes and the plain cost
         if self.floor.drafting:
-            round_s = self.latency.round_estimate(max(sum(n_nodes), 1), sum(context_lens) / len(context_lens), len(n_nodes))
+            self._tree_nodes = max(sum(n_nodes), 1)
+        # When nobody drafts, a round like the last one with trees, at this round's corrections.
+        round_s = self.latency.round_estimate(self._tree_nodes, sum(context_lens) / len(context_lens), len(n_nodes))
         return self.floor.judge(expected_accept, accepted, round_s, self.plain_seconds(context_lens), each=self._judge_each)
 
     def plain_seconds(self, context_lens: list[int]) -> float:

@@ -7,7 +7,16 @@ every configuration on every prompt, interleaved; the table gives the median ove
 each configuration's tokens/s (all its tokens over all its seconds). Run with
 OMP_NUM_THREADS=1 on a shared CPU.
 
+In bf16 a configuration's answers follow its tree sizes (the verify's shapes round
+differently), so two configurations decode different texts and their trees accept different
+amounts; the floor's cost is also given over the prompts where both decoded the same text.
+``--oracle HIT,SECOND`` replaces the drafter by ``bastion.drafter.oracle.OracleDrafter`` over
+``ar``'s own tokens (a drafter of set quality: the true token is its top candidate with
+chance HIT, its second with chance SECOND); in fp32 every configuration then decodes ``ar``'s
+text, and the floor's cost is measured on identical outputs.
+
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python bench/bench_floor.py --per-category 2 --repeats 3 --records /tmp/floor.jsonl
+    HF_HUB_OFFLINE=1 python bench/bench_floor.py --threads 2 --dtype fp32 --oracle 0.4,0.2 --configs "ar,bastion,bastion no floor"
 """
 
 import argparse
@@ -19,12 +28,14 @@ import torch
 
 from bastion.calibrate import load_or_calibrate
 from bastion.drafter import load_drafter
+from bastion.drafter.oracle import OracleDrafter
 from bastion.engine import GenerationConfig, generate
 from bastion.machine import cpu_name
 from bastion.models import chat_prompt_ids, load_target
 from bastion.prompts import load_prompts
 from bastion_ext.latency import OnlineCorrection
 
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 CONFIGS = {  # name -> GenerationConfig fields
     "ar": {"strategy": "ar"},
     "ddtree@8": {"strategy": "ddtree", "budget": 8},
@@ -45,6 +56,14 @@ def random_drafter(model):
     return twin
 
 
+def hit_and_second(text: str) -> tuple[float, float]:
+    """--oracle's value: two chances, "HIT,SECOND"."""
+    values = tuple(float(x) for x in text.split(","))
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected HIT,SECOND, got {text!r}")
+    return values
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-category", type=int, default=2, help="eval prompts per category")
@@ -53,10 +72,15 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--records", help="write every bastion round here (JSON lines)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="which of: " + ", ".join(CONFIGS))
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--oracle", type=hit_and_second, metavar="HIT,SECOND",
+                        help="every drafting configuration drafts with an oracle of ar's tokens (ar first in --configs)")
     args = parser.parse_args()
     configs = {name: CONFIGS[name] for name in args.configs.split(",")}
+    if args.oracle and next(iter(configs)) != "ar":
+        parser.error("--oracle drafts ar's tokens: put ar first in --configs")
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_target(None, dtype=torch.bfloat16)
+    model, tokenizer = load_target(None, dtype=DTYPES[args.dtype])
     drafter = load_drafter(None, model)
     drafters = {"ar": None, "bastion random drafter": random_drafter(model)}
     latency = load_or_calibrate(model, drafter)
@@ -66,17 +90,23 @@ def main():
     ids = [chat_prompt_ids(tokenizer, r["prompt"]) for r in prompts]
     rates = {name: [] for name in configs}
     stats = {name: {"rounds": 0, "drafted": 0, "nodes": 0, "identical": 0, "runs": 0} for name in configs}
+    runs = {}  # (config, prompt index, repeat) -> (tokens, seconds)
     records = open(args.records, "w") if args.records else None
     for repeat in range(args.repeats):
         tokens = {name: 0 for name in configs}
         seconds = {name: 0.0 for name in configs}
-        for row, prompt in zip(prompts, ids):
+        for index, (row, prompt) in enumerate(zip(prompts, ids)):
             reference = None
             for name, fields in configs.items():
                 config = GenerationConfig(max_new_tokens=args.max_new_tokens, stop_on_eos=False, **fields)
                 fresh = dataclasses.replace(latency, correction=OnlineCorrection(), plain_correction=OnlineCorrection())
-                result = generate(model, prompt, config, drafter=drafters.get(name, drafter), latency=fresh)
+                chosen = drafters.get(name, drafter)
+                if args.oracle and chosen is not None:
+                    chosen = OracleDrafter([prompt + reference], model.config.vocab_size, drafter.block_size, *args.oracle,
+                                            seed=repeat * len(prompts) + index)
+                result = generate(model, prompt, config, drafter=chosen, latency=fresh)
                 reference = result.tokens if name == "ar" else reference
+                runs[name, index, repeat] = (result.tokens, result.total_s)
                 tokens[name] += len(result.tokens)
                 seconds[name] += result.total_s
                 s = stats[name]
@@ -93,8 +123,9 @@ def main():
             rates[name].append(tokens[name] / seconds[name])
         print(f"repeat {repeat}: " + ", ".join(f"{name} {rates[name][-1]:.2f}" for name in configs), flush=True)
     ar = statistics.median(rates["ar"]) if "ar" in rates else None
-    print(f"{cpu_name()}, {torch.get_num_threads()} thread(s), bf16, {len(prompts)} eval prompts "
-          f"({', '.join(r['id'] for r in prompts)}) x {args.max_new_tokens} tokens, T=0, {args.repeats} repeats")
+    print(f"{cpu_name()}, {torch.get_num_threads()} thread(s), {len(prompts)} eval prompts "
+          f"({', '.join(r['id'] for r in prompts)}) x {args.max_new_tokens} tokens, T=0, {args.repeats} repeats, {args.dtype}"
+          + (f", oracle drafter (hit {args.oracle[0]}, second {args.oracle[1]})" if args.oracle else ""))
     print(f"{'config':<18}{'tok/s':>8}{'vs ar':>7}{'min':>8}{'max':>8}{'drafted':>9}{'tree':>6}{'=ar':>7}")
     for name in configs:
         s, median = stats[name], statistics.median(rates[name])
@@ -102,6 +133,20 @@ def main():
         tree = s["nodes"] / s["drafted"] if s["drafted"] else 0.0
         print(f"{name:<18}{median:>8.2f}{median / ar if ar else float('nan'):>6.2f}x{min(rates[name]):>8.2f}{max(rates[name]):>8.2f}"
               f"{drafted:>9.2f}{tree:>6.1f}{s['identical']:>4}/{s['runs']}")
+    if "bastion" in configs and "bastion no floor" in configs:
+        print(floor_cost(runs, len(prompts), args.repeats))
+
+
+def floor_cost(runs: dict, prompts: int, repeats: int) -> str:
+    """The floor's cost (1 - bastion's tokens/s over bastion without it's), over every prompt and
+    over the prompts whose two outputs were the same text in every repeat."""
+    def cost(indices):
+        rate = {name: sum(len(runs[name, i, r][0]) for i in indices for r in range(repeats))
+                / sum(runs[name, i, r][1] for i in indices for r in range(repeats)) for name in ("bastion", "bastion no floor")}
+        return f"{1 - rate['bastion'] / rate['bastion no floor']:.1%} ({rate['bastion']:.2f} vs {rate['bastion no floor']:.2f} tok/s)"
+    same = [i for i in range(prompts) if all(runs["bastion", i, r][0] == runs["bastion no floor", i, r][0] for r in range(repeats))]
+    line = f"cost of the floor: {cost(range(prompts))} over all {prompts} prompts"
+    return line + (f"; {cost(same)} over the {len(same)} with the same output" if same else "; no prompt had the same output")
 
 
 if __name__ == "__main__":

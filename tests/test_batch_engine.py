@@ -4,11 +4,12 @@ one host read per round, and sample-and-match's distributions at batch 4 on ragg
 
 import pytest
 import torch
-from test_engine import CHI2_999, OracleDrafter, _chi_square
+from test_engine import CHI2_999, _chi_square
 
 from host_reads import count_host_reads
 from conftest import EVAL_TOKENS
 
+from bastion.drafter.oracle import OracleDrafter
 from bastion.engine import GenerationConfig, generate_batch
 from bastion.engine.strategies import STRATEGIES
 

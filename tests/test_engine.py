@@ -6,6 +6,7 @@ import torch
 
 from bastion_ext import ops
 
+from bastion.drafter.oracle import OracleDrafter
 from bastion.engine import GenerationConfig, Sampler, generate, generate_batch
 from bastion.engine.strategies import STRATEGIES
 from bastion.engine.target import TargetCache
@@ -20,67 +21,16 @@ PROMPTS = [
 NEW_TOKENS = 32
 
 
-class OracleState:
-    """The oracle's context per request: the committed positions it was given."""
-
-    def __init__(self, rows):
-        self.rows = list(rows)  # which sequence each batch slot drafts
-        self.positions = {row: [] for row in self.rows}
-
-    def set_bound(self, longest):
-        # Only a bound for the attention's reach: what the oracle checks is in ``draft``.
-        self.bound = longest
-
-
-class OracleDrafter:
-    """Test-only drafter that knows the target's greedy continuations and answers them noisily.
-
-    At each draft position the true next token is the top candidate with probability ``hit``,
-    the second (behind a wrong token) with probability ``second``, else absent: trees get deep
-    acceptances through first children and through siblings, and misses. Losslessness must
-    hold for any drafter, so this one exercises the loop without a trained model. One
-    sequence per request (prompt + continuation); an empty one drafts noise only.
-    """
-
-    target_layer_ids = (0,)
-
-    def __init__(self, sequences, vocab, block_size=8, hit=0.6, second=0.25, seed=0):
-        self.sequences = [list(s) for s in sequences]
-        self.vocab = vocab
-        self.block_size = block_size
-        self.hit, self.second = hit, second
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def new_state(self, batch, capacity):
-        assert batch == len(self.sequences)
-        return OracleState(range(batch))
-
-    def extend(self, state, target_hidden, positions, counts=None, rows=None):
-        assert target_hidden.shape[:2] == positions.shape
-        for b, row in enumerate(state.rows if rows is None else rows.tolist()):
-            if rows is not None:  # a new request starts in this slot
-                state.positions[row] = []
-            count = positions.shape[1] if counts is None else int(counts[b])
-            state.positions[row].extend(positions[b, :count].tolist())
-
-    def draft(self, state, root_tokens, root_positions):
-        logits = torch.randn((len(state.rows), self.block_size - 1, self.vocab), generator=self.generator)
-        for b, row in enumerate(state.rows):
-            root = int(root_positions[b])
-            # The drafter only ever sees committed positions, in order, without gaps.
-            assert state.positions[row] == list(range(root))
-            sequence = self.sequences[row]
-            for depth in range(1, self.block_size):
-                if root + depth >= len(sequence):
-                    break
-                true = sequence[root + depth]
-                u = float(torch.rand((), generator=self.generator))
-                if u < self.hit:
-                    logits[b, depth - 1, true] = 20.0
-                elif u < self.hit + self.second:
-                    logits[b, depth - 1, (true + 1) % self.vocab] = 20.0
-                    logits[b, depth - 1, true] = 19.0
-        return logits
+def test_the_oracle_refuses_bad_arguments_and_a_context_with_gaps():
+    with pytest.raises(ValueError, match="hit and second"):
+        OracleDrafter([[1, 2]], 10, hit=0.8, second=0.3)
+    drafter = OracleDrafter([[1, 2, 3, 4]], 10, block_size=3)
+    with pytest.raises(ValueError, match="2 slots"):
+        drafter.new_state(2, 8)
+    state = drafter.new_state(1, 8)
+    drafter.extend(state, torch.zeros(1, 2, 4), torch.tensor([[0, 2]]))  # position 1 skipped
+    with pytest.raises(RuntimeError, match="slot 0 drafts at position 3"):
+        drafter.draft(state, torch.tensor([3]), torch.tensor([3]))
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ import pytest
 
 from bastion_ext.latency import OnlineCorrection
 
+from bastion.drafter.oracle import OracleDrafter
 from bastion.engine import GenerationConfig, generate, generate_batch
 from conftest import chat_ids
-from test_engine import PROMPTS, OracleDrafter, random_dflash_drafter
+from test_engine import PROMPTS, random_dflash_drafter
 
 NEW_TOKENS = 48
 
