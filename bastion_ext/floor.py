@@ -6,21 +6,20 @@ tokens per round do not pay for that difference, the request steps aside (verifi
 root) for a while and then probes again: one drafted round, whose estimate decides whether it
 keeps drafting. A round at S < 1 (S = tokens per second against a plain step's) loses
 (1 - S) T_round / T_plain plain steps, so the wait after it is that over probe_cost rounds,
-S the lower of its estimate and what the request's trees realised: a drafter that never pays
-costs a few probes per hundred tokens, about ``probe_cost`` of the time, and one estimated
-near 1 is tried again soon, since its probes cost next to nothing and it may well pay. The
-part of that loss which only the outcomes show (trees accepting less than they expect)
-counts 1 - exp(-E / prior), E the tokens the request's trees expected so far: the first
-misses of unsure trees are little evidence (a committed drafter's first chat tree expected
-0.26 tokens, its later ones accepted 0.55 a round, and a full wait after that one miss held
-it in plain steps for 50 rounds).
+S the lower of its estimate and what the request's recent trees realised: a drafter that
+never pays costs a few probes per hundred tokens, about ``probe_cost`` of the time, and one
+estimated near 1 is tried again soon, since its probes cost next to nothing and it may well
+pay. The part of that loss which only the outcomes show (trees accepting less than they
+expect) counts 1 - exp(-E / prior), E the tokens the request's trees expected so far: the
+first misses of unsure trees are little evidence (a committed drafter's first chat tree
+expected 0.26 tokens, its later ones accepted 0.55 a round, and a full wait after that one
+miss held it in plain steps for 50 rounds).
 
 The estimate of a round in which the requests D draft, out of the L in flight:
 
-    S = (L + sum over b in D of g_b) / L * T_plain / T_round,
-    g_b = max(Ā_b * r_b, (R_b + prior * Ā_b * r_b) / (N_b + prior))
+    S = (L + sum over b in D of Ā_b * r_b) / L * T_plain / T_round
 
-(one request: S = (1 + g) * T_plain / T_round). The round's verify is paid by every
+(one request: S = (1 + Ā r) * T_plain / T_round). The round's verify is paid by every
 request in flight, so it is judged by the batch's tokens: a request's tree that pays for
 itself alone can still make the batch slower than its plain step. When S < 1 every request
 of D steps aside for the same wait, so that they probe together and the rounds between are
@@ -29,24 +28,16 @@ plain steps of the whole batch (no drafter forward, a verify of the roots alone)
 Ā_b is the surrogate A of its trees (the drafter's own sum of path probabilities), a mean
 over its consecutive drafted rounds with fading weights (a probe starts afresh).
 r_b = (R_b + prior) / (E_b + prior) calibrates it from the realised accepted lengths R_b
-against the surrogates E_b of the same trees, over N_b rounds (sums decaying by 0.98 a round,
-a window of about fifty rounds), which arrive one round after each tree. It is the only
-calibration: the trees' own ``accept_scale`` learns from the same outcomes, and a second
-ratio on top of it counted each early miss twice (one miss of a confident first tree stopped
-a drafter that went on to pay 1.3x, for twenty rounds). The prior, one token on each side,
-keeps one miss of a drafter that expects a token or so from stopping it; a drafter that is
-confident and wrong (a random one's surrogate says 2 to 3 tokens) runs up E_b, and so the
-evidence, by that much a round, and stops within three drafted rounds.
-
-The gain g_b is the larger of that estimate and the request's realised mean (the estimate
-standing in for ``prior`` more rounds): a request steps aside only when both say its rounds
-do not pay. The decision is about the rounds to come, and the committed drafter's accepted
-lengths are nearly independent from round to round within a request (autocorrelation 0.05
-at lag 1 and 0.02 at lag 2 over the 12 prompts of a ``bench/bench_floor.py`` run; variance
-0.40 a round, 0.02 between prompts' means), so the last few rounds say little about the
-next: judged by them alone (Ā over about five rounds, r over ten), runs of misses stopped
-requests whose trees paid on average, and the floor cost 2.5-4% of bastion's speed where
-trees paid. The running estimate still lets a probe whose tree pays resume at once.
+against the surrogates E_b of the same trees (sums decaying by 0.9 a round, a window of about
+ten rounds), which arrive one round after each tree. It is the only calibration: the trees'
+own ``accept_scale`` learns from the same outcomes, and a second ratio on top of it counted
+each early miss twice (one miss of a confident first tree stopped a drafter that went on to
+pay 1.3x, for twenty rounds). The prior, one token on each side, keeps one miss of a drafter
+that expects a token or so from stopping it; a drafter that is confident and wrong (a random
+one's surrogate says 2 to 3 tokens) runs up E_b, and so the evidence, by that much a round,
+and stops within three drafted rounds. The memories are long because a stop costs a wait of
+several rounds and a drafted round that does not pay costs one: the decision is about the
+rounds to come, which regress to the request's mean, not about this round's tree.
 
 A round that stops drafting is judged again when its outcomes arrive (the next round, a plain
 one): if what they accepted makes it pay, its requests draft again after that one plain step,
@@ -84,14 +75,13 @@ class SpeedupFloor:
     smoothing : float
         Weight of the past in the running surrogate Ā.
     decay : float
-        Weight of the past in the realised / expected sums of r and of the realised mean.
+        Weight of the past in the realised / expected sums of r.
     prior : float
-        Tokens added to each side of r (r starts at 1, and moves by evidence of a few tokens),
-        and rounds of the running estimate added to the realised mean.
+        Tokens added to each side of r (r starts at 1, and moves by evidence of a few tokens).
     """
 
     def __init__(self, batch: int, probe_cost: float = 0.01, max_wait: int = 128, smoothing: float = 0.8,
-                 decay: float = 0.98, prior: float = 1.0):
+                 decay: float = 0.9, prior: float = 1.0):
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an int >= 1, got {batch!r}")
         if not 0.0 < probe_cost < 1.0:
@@ -241,11 +231,10 @@ class SpeedupFloor:
         return wait
 
     def _gain(self, b: int, surrogate: tuple[float, float]) -> float:
-        """Request b's expected accepted draft tokens per round, g_b: the larger of its running
-        surrogate Ā_b (weighted sum, weight) times r_b and its realised mean (module docstring)."""
+        """Request b's expected accepted draft tokens per round: its running surrogate Ā_b
+        (weighted sum, weight) times r_b."""
         total, weight = surrogate
-        gain = total / weight * (self._realised[b] + self.prior) / (self._expected[b] + self.prior)
-        return max(gain, (self._realised[b] + self.prior * gain) / (self._outcomes[b] + self.prior))
+        return total / weight * (self._realised[b] + self.prior) / (self._expected[b] + self.prior)
 
     def _speedup(self, surrogates: dict[int, tuple[float, float]], ratio: float, live: int) -> float:
         """S of a round in which the requests ``surrogates`` (slot -> running surrogate) draft:
@@ -287,37 +276,32 @@ class SpeedupFloor:
     def _wait_after(self, surrogates: dict[int, tuple[float, float]], speedup: float, ratio: float, live: int) -> int:
         """Plain rounds before the next probe of the requests ``surrogates`` (slot -> running
         surrogate), after a round estimated at ``speedup`` < 1 (``ratio`` = T_plain / T_round):
-        a probe loses (1 - S) / ratio plain steps (its time, less the plain steps its tokens
-        would have taken), S what the rounds to come are expected to give, so waiting that over
-        probe_cost rounds keeps the probes of a drafter that never pays under ``probe_cost`` of
-        the time, while one expected near 1, whose probes cost next to nothing and which may
-        well pay, is tried again soon: waits that doubled after every probe that did not pay
-        kept such a drafter in plain steps for most of a request. The rounds to come are
-        judged by the requests' memory, not by this round's trees alone: a drafter whose trees
-        are sure in some rounds and lost in others (one that knows the next token a third of
-        the time) stops on a round of lost trees, and a full wait after each of them held one
-        that paid 1.16x to 1.03x. One wait for all of them: they probe together, and the rounds
-        between are plain for the batch."""
-        # Each request's realised mean, with this round's estimated tokens per request standing
-        # in for ``prior`` rounds: one miss at the start of a request is no evidence yet, and a
-        # drafter that is confident and wrong keeps its estimate near 1 (r has a prior), but
-        # not what its rounds realise.
+        a probe like it loses (1 - S) / ratio plain steps (its time, less the plain steps its
+        tokens would have taken), so waiting that over probe_cost rounds keeps the probes of a
+        drafter that never pays under ``probe_cost`` of the time, while one estimated near 1,
+        whose probes cost next to nothing and which may well pay (the estimate is noisy), is
+        tried again soon: waits that doubled after every probe that did not pay kept such a
+        drafter in plain steps for most of a request. S is the lower of the estimate and what
+        the requests' recent trees realised: a drafter that is confident and wrong keeps its
+        estimate near 1 (r has a prior and a memory), but not what its rounds cost. One wait
+        for all of them: they probe together, and the rounds between are plain for the batch."""
+        # Each request's realised mean, with the estimate's tokens per request standing in for
+        # ``prior`` rounds: one miss at the start of a request is no evidence yet.
         drafting = list(surrogates)
         estimate = (speedup / ratio - 1.0) * live / len(drafting)
         realised = sum((self._realised[b] + self.prior * estimate) / (self._outcomes[b] + self.prior) for b in drafting)
-        future = min(speedup, (live + realised) / live * ratio)
+        speedup = min(speedup, (live + realised) / live * ratio)
         # The loss has two parts. What the trees expect (r = 1) is known without outcomes: a
-        # drafter whose trees expect next to nothing loses (1 - S_1) / ratio a probe, surely;
-        # S_1 from the requests' trees so far (this round's running Ā beside the surrogates of
-        # every outcome). What the outcomes add (trees accepting less than they expect) is
-        # worth trusting as far as they could have told a drafter that pays its way (one whose
-        # trees accept what they expect) from one that does not: trees that expected E tokens
-        # in all miss them all with chance exp(-E / prior) when they accept what they expect
-        # (E = 0.3: 3 times in 4), so that part counts 1 - exp(-E / prior).
-        expected = sum((total + self._expected[b]) / (weight + self._outcomes[b]) for b, (total, weight) in surrogates.items())
+        # drafter whose trees expect next to nothing loses (1 - S_1) / ratio a probe, surely.
+        # What r < 1 adds is evidence of the outcomes, worth trusting as far as they could have
+        # told a drafter that pays its way (one whose trees accept what they expect) from one
+        # that does not: trees that expected E tokens in all miss them all with chance
+        # exp(-E / prior) when they accept what they expect (E = 0.3: 3 times in 4), so that
+        # part counts 1 - exp(-E / prior), E the expected tokens of the requests' outcomes so far.
+        expected = sum(total / weight for total, weight in surrogates.values())
         sure = min((live + expected) / live * ratio, 1.0)
         evidence = sum(self._expected[b] for b in drafting)
-        loss = (1.0 - sure) - max(sure - future, 0.0) * math.expm1(-evidence / self.prior)
+        loss = (1.0 - sure) - max(sure - speedup, 0.0) * math.expm1(-evidence / self.prior)
         return min(self.max_wait, max(1, math.ceil(loss / (ratio * self.probe_cost))))
 
     def _batch_wait(self) -> int:
