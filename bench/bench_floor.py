@@ -93,8 +93,6 @@ def main():
     runs = {}  # (config, prompt index, repeat) -> (tokens, seconds)
     records = open(args.records, "w") if args.records else None
     for repeat in range(args.repeats):
-        tokens = {name: 0 for name in configs}
-        seconds = {name: 0.0 for name in configs}
         for index, (row, prompt) in enumerate(zip(prompts, ids)):
             reference = None
             for name, fields in configs.items():
@@ -107,8 +105,6 @@ def main():
                 result = generate(model, prompt, config, drafter=chosen, latency=fresh)
                 reference = result.tokens if name == "ar" else reference
                 runs[name, index, repeat] = (result.tokens, result.total_s)
-                tokens[name] += len(result.tokens)
-                seconds[name] += result.total_s
                 s = stats[name]
                 s["runs"] += 1
                 s["identical"] += result.tokens == reference
@@ -120,7 +116,7 @@ def main():
                         r = {k: v for k, v in r.items() if k not in ("topk_ids", "topk_logprobs", "target_tokens", "accepted_tokens")}
                         records.write(json.dumps(dict(r, config=name, prompt=row["id"], repeat=repeat)) + "\n")
         for name in configs:
-            rates[name].append(tokens[name] / seconds[name])
+            rates[name].append(rate(runs, name, range(len(prompts)), [repeat]))
         print(f"repeat {repeat}: " + ", ".join(f"{name} {rates[name][-1]:.2f}" for name in configs), flush=True)
     ar = statistics.median(rates["ar"]) if "ar" in rates else None
     print(f"{cpu_name()}, {torch.get_num_threads()} thread(s), {len(prompts)} eval prompts "
@@ -137,13 +133,19 @@ def main():
         print(floor_cost(runs, len(prompts), args.repeats))
 
 
+def rate(runs: dict, name: str, indices, repeats) -> float:
+    """Tokens/s of configuration ``name`` over the prompts ``indices`` in the repeats ``repeats``
+    (``runs``: (config, prompt index, repeat) -> (tokens, seconds))."""
+    chosen = [runs[name, i, r] for i in indices for r in repeats]
+    return sum(len(tokens) for tokens, _ in chosen) / sum(seconds for _, seconds in chosen)
+
+
 def floor_cost(runs: dict, prompts: int, repeats: int) -> str:
     """The floor's cost (1 - bastion's tokens/s over bastion without it's), over every prompt and
     over the prompts whose two outputs were the same text in every repeat."""
     def cost(indices):
-        rate = {name: sum(len(runs[name, i, r][0]) for i in indices for r in range(repeats))
-                / sum(runs[name, i, r][1] for i in indices for r in range(repeats)) for name in ("bastion", "bastion no floor")}
-        return f"{1 - rate['bastion'] / rate['bastion no floor']:.1%} ({rate['bastion']:.2f} vs {rate['bastion no floor']:.2f} tok/s)"
+        with_floor, without = (rate(runs, name, indices, range(repeats)) for name in ("bastion", "bastion no floor"))
+        return f"{1 - with_floor / without:.1%} ({with_floor:.2f} vs {without:.2f} tok/s)"
     same = [i for i in range(prompts) if all(runs["bastion", i, r][0] == runs["bastion no floor", i, r][0] for r in range(repeats))]
     line = f"cost of the floor: {cost(range(prompts))} over all {prompts} prompts"
     return line + (f"; {cost(same)} over the {len(same)} with the same output" if same else "; no prompt had the same output")
