@@ -146,6 +146,22 @@ def test_online_correction_ignores_a_single_outlier():
     assert float(correction.factors(8)[7]) == pytest.approx(1.0, abs=1e-9)
 
 
+def test_online_correction_factor_is_the_tables_value_in_host_floats():
+    """``factor(n)`` (the floor's per-round path) equals ``factors(n)[-1]`` (the tables') for
+    every n, with no data, one bucket, and random buckets with gaps between them."""
+    generator = torch.Generator().manual_seed(3)
+    for trial in range(40):
+        correction = OnlineCorrection(window=5)
+        buckets = torch.randperm(11, generator=generator)[: trial % 6].tolist()
+        for bucket in buckets:
+            for _ in range(1 + trial % 4):
+                n = (1 << bucket) + int(torch.randint(0, 1 << bucket, (), generator=generator))
+                correction.observe(n, float(torch.rand((), generator=generator)) + 0.05, 0.5)
+        table = correction.factors(2048)
+        for n in (1, 2, 3, 5, 7, 8, 31, 100, 1000, 2048):
+            assert correction.factor(n) == pytest.approx(float(table[n - 1]), rel=1e-12), (trial, n)
+
+
 def test_online_correction_interpolates_between_buckets():
     correction = OnlineCorrection()
     assert torch.equal(correction.factors(5), torch.ones(5, dtype=torch.float64))

@@ -58,7 +58,7 @@ class LatencyModel:
 
     def round_estimate(self, n_nodes: int, context_len: float, batch: int = 1) -> float:
         """Seconds of a round with ``n_nodes`` (>= 1) tree nodes over the batch, corrected online."""
-        return float(self.round_seconds(n_nodes, context_len, batch)) * float(self.correction.factors(int(n_nodes))[-1])
+        return float(self.round_seconds(n_nodes, context_len, batch)) * self.correction.factor(int(n_nodes))
 
     def plain_modelled(self, context_len: float, batch: int = 1) -> float:
         """Modelled seconds of a plain step of ``batch`` requests at mean context ``context_len``,
@@ -72,7 +72,7 @@ class LatencyModel:
         measured rounds stands in: a model that is off by a constant (a slower machine than
         calibrated) is then off equally for both sides of the floor's comparison."""
         correction = self.plain_correction if self.plain_correction.log_factors() else self.correction
-        return self.plain_modelled(context_len, batch) * float(correction.factors(1)[0])
+        return self.plain_modelled(context_len, batch) * correction.factor(1)
 
     def latency_table(self, context_lens, n_max: int, device: str | torch.device = "cpu") -> torch.Tensor:
         """T(n) for n = 1..n_max, corrected online: the ``latency_table`` of build_tree.
