@@ -17,9 +17,10 @@ miss held it in plain steps for 50 rounds).
 
 The estimate of a round in which the requests D draft, out of the L in flight:
 
-    S = (L + sum over b in D of Ā_b * r_b) / L * T_plain / T_round
+    S = (L + sum over b in D of g_b) / L * T_plain / T_round,
+    g_b = (R_b + prior * Ā_b * r_b) / (N_b + prior)
 
-(one request: S = (1 + Ā r) * T_plain / T_round). The round's verify is paid by every
+(one request: S = (1 + g) * T_plain / T_round). The round's verify is paid by every
 request in flight, so it is judged by the batch's tokens: a request's tree that pays for
 itself alone can still make the batch slower than its plain step. When S < 1 every request
 of D steps aside for the same wait, so that they probe together and the rounds between are
@@ -28,19 +29,34 @@ plain steps of the whole batch (no drafter forward, a verify of the roots alone)
 Ā_b is the surrogate A of its trees (the drafter's own sum of path probabilities), a mean
 over its consecutive drafted rounds with fading weights (a probe starts afresh).
 r_b = (R_b + prior) / (E_b + prior) calibrates it from the realised accepted lengths R_b
-against the surrogates E_b of the same trees (sums decaying by 0.9 a round, a window of about
-ten rounds), which arrive one round after each tree. It is the only calibration: the trees'
-own ``accept_scale`` learns from the same outcomes, and a second ratio on top of it counted
-each early miss twice (one miss of a confident first tree stopped a drafter that went on to
-pay 1.3x, for twenty rounds). The prior, one token on each side, keeps one miss of a drafter
-that expects a token or so from stopping it; a drafter that is confident and wrong (a random
-one's surrogate says 2 to 3 tokens) runs up E_b, and so the evidence, by that much a round,
-and stops within three drafted rounds. The memories are long because a stop costs a wait of
-several rounds and a drafted round that does not pay costs one: the decision is about the
-rounds to come, which regress to the request's mean, not about this round's tree.
+against the surrogates E_b of the same trees, over N_b outcomes (which arrive one round after
+each tree; the sums age by 0.98 every round, plain ones too: a window of about fifty rounds).
+It is the only calibration: the trees' own ``accept_scale`` learns from the same outcomes, and
+a second ratio on top of it counted each early miss twice (one miss of a confident first tree
+stopped a drafter that went on to pay 1.3x, for twenty rounds). The prior, one token on each
+side, keeps one miss of a drafter that expects a token or so from stopping it; a drafter that
+is confident and wrong (a random one's surrogate says 2 to 3 tokens) runs up E_b, and so the
+evidence, by that much a round, and stops within two drafted rounds.
+
+The gain g_b is the request's realised mean, the running estimate Ā_b r_b standing in for
+``prior`` more rounds (all of it before the first outcome). The decision is about the rounds
+to come, and they regress to the request's mean: the committed drafter's accepted lengths are
+nearly independent from round to round within a request (autocorrelation 0.05 at lag 1 and
+0.02 at lag 2 over the 12 prompts of a ``bench/bench_floor.py`` run; variance 0.40 a round,
+0.02 between prompts' means), and an oracle that knows the next token a quarter of the time
+is independent by construction. Judged by its last rounds alone (Ā over about five, r over
+ten), runs of misses stopped requests whose trees paid on average, and the probes, one tree
+each, mostly a flat one, waited twenty rounds: the floor cost 8.6% of bastion's speed where
+that oracle's trees paid 1.11x (4.2% now). T_round is that of a round of the mean tree size
+over the same rounds (the policy's ``judge``): set against a mean of gains, this round's tree
+alone stopped requests on their most confident rounds. The larger of the running estimate
+and the mean (0f1e475) leaned high at batch 4, where trees do not pay on the CPU (an
+estimated 0.96 and 1.05 for rounds that realised 0.86 and 0.84): the larger of two noisy
+estimates is above both on average. The mean with the estimate as its prior did not (0.81
+against 0.78; the running estimate alone: 0.85 against 0.82).
 
 A round that stops drafting is judged again when its outcomes arrive (the next round, a plain
-one): if what they accepted makes it pay, its requests draft again after that one plain step,
+one): if what they accepted makes the mean pay, its requests draft again after that one plain step,
 so a probe is judged by what it accepted, not only by the estimate made before it; if not,
 its wait is set again from that evidence. A plain round judges with T_round estimated then,
 beside the T_plain measured by then: a fresh process's first round is estimated by the
@@ -75,13 +91,15 @@ class SpeedupFloor:
     smoothing : float
         Weight of the past in the running surrogate Ā.
     decay : float
-        Weight of the past in the realised / expected sums of r.
+        Weight of the past, a round ago, in the realised / expected sums of r and of the
+        realised mean.
     prior : float
-        Tokens added to each side of r (r starts at 1, and moves by evidence of a few tokens).
+        Tokens added to each side of r (r starts at 1, and moves by evidence of a few tokens),
+        and rounds of the running estimate added to the realised mean.
     """
 
     def __init__(self, batch: int, probe_cost: float = 0.01, max_wait: int = 128, smoothing: float = 0.8,
-                 decay: float = 0.9, prior: float = 1.0):
+                 decay: float = 0.98, prior: float = 1.0):
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an int >= 1, got {batch!r}")
         if not 0.0 < probe_cost < 1.0:
@@ -173,12 +191,15 @@ class SpeedupFloor:
         if len(expected_accept) != batch or len(accepted) != batch:
             raise ValueError(f"expected_accept and accepted must hold {batch} values each, got {len(expected_accept)} and {len(accepted)}")
         ratio = plain_seconds / round_seconds
+        # The outcomes age every round, plain ones too: while a request waits, what stopped it
+        # fades and its probes are judged more by their own trees (a drafter that turns good
+        # after a run of misses resumes; outcomes that aged only with new outcomes kept such a
+        # request in plain steps for good).
         for b in range(batch):
-            if self._awaiting[b] is not None:
-                self._realised[b] = self.decay * self._realised[b] + accepted[b]
-                self._expected[b] = self.decay * self._expected[b] + self._awaiting[b]
-                self._outcomes[b] = self.decay * self._outcomes[b] + 1.0
-                self._awaiting[b] = None
+            awaiting, self._awaiting[b] = self._awaiting[b], None
+            self._realised[b] = self.decay * self._realised[b] + (accepted[b] if awaiting is not None else 0)
+            self._expected[b] = self.decay * self._expected[b] + (awaiting or 0.0)
+            self._outcomes[b] = self.decay * self._outcomes[b] + (awaiting is not None)
         drafting = [b for b, drafted in enumerate(self._draft) if drafted]
         self._review(None if drafting else ratio)
         if not drafting:
@@ -231,10 +252,12 @@ class SpeedupFloor:
         return wait
 
     def _gain(self, b: int, surrogate: tuple[float, float]) -> float:
-        """Request b's expected accepted draft tokens per round: its running surrogate Ā_b
-        (weighted sum, weight) times r_b."""
+        """Request b's expected accepted draft tokens per round, g_b: its realised mean, with
+        its running surrogate Ā_b (weighted sum, weight) times r_b standing in for ``prior``
+        more rounds."""
         total, weight = surrogate
-        return total / weight * (self._realised[b] + self.prior) / (self._expected[b] + self.prior)
+        estimate = total / weight * (self._realised[b] + self.prior) / (self._expected[b] + self.prior)
+        return (self._realised[b] + self.prior * estimate) / (self._outcomes[b] + self.prior)
 
     def _speedup(self, surrogates: dict[int, tuple[float, float]], ratio: float, live: int) -> float:
         """S of a round in which the requests ``surrogates`` (slot -> running surrogate) draft:
@@ -285,20 +308,24 @@ class SpeedupFloor:
         the requests' recent trees realised: a drafter that is confident and wrong keeps its
         estimate near 1 (r has a prior and a memory), but not what its rounds cost. One wait
         for all of them: they probe together, and the rounds between are plain for the batch."""
-        # Each request's realised mean, with the estimate's tokens per request standing in for
-        # ``prior`` rounds: one miss at the start of a request is no evidence yet.
+        # Leaning further toward what was realised: each request's realised mean, with the
+        # round's mean gain per request standing in for ``prior`` rounds (one miss at the start
+        # of a request is no evidence yet).
         drafting = list(surrogates)
         estimate = (speedup / ratio - 1.0) * live / len(drafting)
         realised = sum((self._realised[b] + self.prior * estimate) / (self._outcomes[b] + self.prior) for b in drafting)
         speedup = min(speedup, (live + realised) / live * ratio)
         # The loss has two parts. What the trees expect (r = 1) is known without outcomes: a
-        # drafter whose trees expect next to nothing loses (1 - S_1) / ratio a probe, surely.
+        # drafter whose trees expect next to nothing loses (1 - S_1) / ratio a probe, surely;
+        # S_1 from the mean surrogate of the request's trees so far (its outcomes' and this
+        # run's), not from a probe's one tree: an oracle's probe tree is a flat one two times
+        # in three, and a full wait after each held a drafter that paid 1.11x for 20 rounds.
         # What r < 1 adds is evidence of the outcomes, worth trusting as far as they could have
         # told a drafter that pays its way (one whose trees accept what they expect) from one
         # that does not: trees that expected E tokens in all miss them all with chance
         # exp(-E / prior) when they accept what they expect (E = 0.3: 3 times in 4), so that
         # part counts 1 - exp(-E / prior), E the expected tokens of the requests' outcomes so far.
-        expected = sum(total / weight for total, weight in surrogates.values())
+        expected = sum((total + self._expected[b]) / (weight + self._outcomes[b]) for b, (total, weight) in surrogates.items())
         sure = min((live + expected) / live * ratio, 1.0)
         evidence = sum(self._expected[b] for b in drafting)
         loss = (1.0 - sure) - max(sure - speedup, 0.0) * math.expm1(-evidence / self.prior)

@@ -56,9 +56,10 @@ class LatencyModel:
         verify = self.roofline.forward_seconds(n + batch, context_len, batch)
         return self.draft_seconds + self.aux_seconds + self.aux_per_node_seconds * n + verify
 
-    def round_estimate(self, n_nodes: int, context_len: float, batch: int = 1) -> float:
-        """Seconds of a round with ``n_nodes`` (>= 1) tree nodes over the batch, corrected online."""
-        return float(self.round_seconds(n_nodes, context_len, batch)) * self.correction.factor(int(n_nodes))
+    def round_estimate(self, n_nodes: float, context_len: float, batch: int = 1) -> float:
+        """Seconds of a round with ``n_nodes`` (>= 1; a mean may be fractional) tree nodes over the
+        batch, corrected online."""
+        return float(self.round_seconds(n_nodes, context_len, batch)) * self.correction.factor(round(n_nodes))
 
     def plain_modelled(self, context_len: float, batch: int = 1) -> float:
         """Modelled seconds of a plain step of ``batch`` requests at mean context ``context_len``,
