@@ -262,7 +262,7 @@ class SpeedupFloor:
     def _speedup(self, surrogates: dict[int, tuple[float, float]], ratio: float, live: int) -> float:
         """S of a round in which the requests ``surrogates`` (slot -> running surrogate) draft:
         the tokens of ``live`` requests, (live + the sum of their gains), over the ``live`` of
-        a plain step, times ``ratio`` = T_plain / T_round. One request: (1 + Ā r) * ratio."""
+        a plain step, times ``ratio`` = T_plain / T_round. One request: (1 + g) * ratio."""
         return (live + sum(self._gain(b, s) for b, s in surrogates.items())) / live * ratio
 
     def _review(self, ratio: float | None) -> None:

@@ -181,8 +181,8 @@ class _CostAware(Policy):
         self.floor = SpeedupFloor(batch) if floor else None
         self._plans = 0  # rounds planned
         self._plain_measured = False  # whether a plain step's time has come back (observe_time)
-        # Total nodes of the rounds with trees, a mean with the weights of the floor's realised
-        # mean (weighted sum, weight).
+        # Total nodes of the rounds with trees: a mean over them (weighted sum, weight), the
+        # weights fading by the floor's decay.
         self._tree_nodes = (0.0, 0.0)
 
     # Whether the floor stops a request whose own tree does not pay while the batch's round does
@@ -216,12 +216,12 @@ class _CostAware(Policy):
 
     def judge(self, n_nodes: list[int], expected_accept: list[float], accepted: list[int],
               context_lens: list[int]) -> list[float | None]:
-        """Request b's estimate: S_b = (1 + A_b * r_b) * T_plain(B, c) / T_round(M, c, B), with
-        A_b its surrogate for the tree this policy chose (its best by its own rule),
-        smoothed over consecutive drafted rounds, and r_b the floor's correction from
-        realised accepted lengths; M the round's nodes over the batch, c the mean root
-        position; both times modelled and corrected by measured rounds and plain steps
-        (``plain_seconds``: before the first plain step, no more than the model's).
+        """Request b's estimate: S_b = (1 + g_b) * T_plain(B, c) / T_round(M, c, B), with g_b
+        the floor's gain (the request's realised mean accepted length, its surrogate A_b for
+        the trees this policy chose, calibrated, standing in before the outcomes); M the mean
+        of the rounds' nodes over the batch, c the mean root position; both times modelled and
+        corrected by measured rounds and plain steps (``plain_seconds``: before the first plain
+        step, no more than the model's).
         S_b < 1: request b takes plain steps until its next probe (``SpeedupFloor``)."""
         if self.floor is None:
             return [None] * len(n_nodes)
