@@ -40,8 +40,9 @@ def run_rounds(policy, kinds, rounds, context=64):
     """Drive the policy as the engine does; returns each round's draft mask and estimates."""
     batch = len(kinds)
     logits = drafter_logits(kinds)
-    if policy.floor is not None:  # a plain step measured as modelled (else the second round measures one)
-        policy.observe_time(0, context, float(policy.latency.plain_modelled(context, batch)), batch)
+    if policy.floor is not None:  # plain steps measured as modelled (else the policy measures some)
+        for _ in range(policy.latency.plain_correction.window):
+            policy.observe_time(0, context, float(policy.latency.plain_modelled(context, batch)), batch)
     history = []
     accepted = [0] * batch  # of each request's previous round
     for _ in range(rounds):
@@ -380,3 +381,23 @@ def test_a_round_is_judged_at_the_mean_tree_size():
     mean = sum(w * n for w, n in zip(weights, (1, 1, 1, 14))) / sum(weights)
     assert passed[-1] == pytest.approx(policy.latency.round_estimate(mean, 64))
     assert passed[-1] < policy.latency.round_estimate(14, 64)
+
+
+def test_plain_steps_are_measured_while_a_run_of_trees_lasts_until_a_window_is_held():
+    """The plain step's time is measured only by taking one: while fewer than a window of them
+    are measured (a fresh cache's first ones run cold), a run of PLAIN_EVERY drafted rounds is
+    followed by one; with a full window, trees that pay draft every round."""
+    from bastion_ext.policy import PLAIN_EVERY
+
+    policy = Bastion(latency(0.01), 16)
+    drafts = []
+    for _ in range(3 * (PLAIN_EVERY + 1) + 1):
+        draft = policy.plan([64]).draft[0]
+        drafts.append(draft)
+        policy.observe_time(0 if not draft else 4, 64, 0.05)
+    plain = [r for r, draft in enumerate(drafts) if not draft]
+    assert plain == [1, PLAIN_EVERY + 2, 2 * PLAIN_EVERY + 3]
+    window = policy.latency.plain_correction.window
+    for _ in range(window - len(plain)):
+        policy.observe_time(0, 64, 0.05)
+    assert all(policy.plan([64]).draft[0] for _ in range(3 * PLAIN_EVERY))

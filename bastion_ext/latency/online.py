@@ -58,6 +58,10 @@ class OnlineCorrection:
         self._known = out
         return out
 
+    def samples(self, n: int) -> int:
+        """Measurements held for ``n`` nodes' bucket (at most ``window``)."""
+        return len(self._history[self._bucket(n)])
+
     def factor(self, n: int) -> float:
         """The correction factor of ``n`` (>= 1) nodes: ``factors(n)[-1]`` in host floats (the
         floor asks for one value every round, and the tensor path costs 40 us of a plain step)."""
