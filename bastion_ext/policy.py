@@ -207,12 +207,16 @@ class _CostAware(Policy):
         # is) would let a drafter that accepts nothing draft on, its rounds judged cheaper
         # than the guessed step. So the second round is a plain step, whatever the trees.
         self._plans += 1
-        correction = self.latency.plain_correction
         plain = (not self._plain_measured and self._plans == 2) or (
-            self._drafted_in_a_row >= PLAIN_EVERY and correction.samples(1) < correction.window)
+            self._drafted_in_a_row >= PLAIN_EVERY and self._plain_samples_short())
         draft, probe = self.floor.plan(live, plain=plain)
         self._drafted_in_a_row = self._drafted_in_a_row + 1 if any(draft) else 0
         return draft, probe
+
+    def _plain_samples_short(self) -> bool:
+        """Whether the plain steps' correction holds fewer than a window of measurements."""
+        correction = self.latency.plain_correction
+        return correction.samples(1) < correction.window
 
     def _accept_scale(self, batch: int) -> torch.Tensor:
         if self.calibrator is None:
