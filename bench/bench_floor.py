@@ -89,7 +89,7 @@ def main():
     prompts = [r for c in categories for r in [r for r in rows if r["category"] == c][:args.per_category]]
     ids = [chat_prompt_ids(tokenizer, r["prompt"]) for r in prompts]
     rates = {name: [] for name in configs}
-    stats = {name: {"rounds": 0, "drafted": 0, "nodes": 0, "identical": 0, "runs": 0} for name in configs}
+    stats = {name: {"rounds": 0, "drafted": 0, "nodes": 0} for name in configs}
     runs = {}  # (config, prompt index, repeat) -> (tokens, seconds)
     records = open(args.records, "w") if args.records else None
     for repeat in range(args.repeats):
@@ -106,8 +106,6 @@ def main():
                 reference = result.tokens if name == "ar" else reference
                 runs[name, index, repeat] = (result.tokens, result.total_s)
                 s = stats[name]
-                s["runs"] += 1
-                s["identical"] += result.tokens == reference
                 s["rounds"] += len(result.rounds)
                 s["drafted"] += sum(r["n_nodes"] > 0 for r in result.rounds)
                 s["nodes"] += sum(r["n_nodes"] for r in result.rounds)
@@ -123,12 +121,14 @@ def main():
           f"({', '.join(r['id'] for r in prompts)}) x {args.max_new_tokens} tokens, T=0, {args.repeats} repeats, {args.dtype}"
           + (f", oracle drafter (hit {args.oracle[0]}, second {args.oracle[1]})" if args.oracle else ""))
     print(f"{'config':<18}{'tok/s':>8}{'vs ar':>7}{'min':>8}{'max':>8}{'drafted':>9}{'tree':>6}{'=ar':>7}")
+    every = [(i, r) for i in range(len(prompts)) for r in range(args.repeats)]
     for name in configs:
         s, median = stats[name], statistics.median(rates[name])
+        identical = sum(runs[name, i, r][0] == runs["ar", i, r][0] for i, r in every) if "ar" in configs else 0
         drafted = s["drafted"] / s["rounds"] if s["rounds"] else 0.0
         tree = s["nodes"] / s["drafted"] if s["drafted"] else 0.0
         print(f"{name:<18}{median:>8.2f}{median / ar if ar else float('nan'):>6.2f}x{min(rates[name]):>8.2f}{max(rates[name]):>8.2f}"
-              f"{drafted:>9.2f}{tree:>6.1f}{s['identical']:>4}/{s['runs']}")
+              f"{drafted:>9.2f}{tree:>6.1f}{identical:>4}/{len(every)}")
     if "bastion" in configs and "bastion no floor" in configs:
         print(floor_cost(runs, len(prompts), args.repeats))
 
