@@ -13,10 +13,7 @@ pay. The part of that loss which only the outcomes show (trees accepting less th
 expect) counts 1 - exp(-E / prior), E the tokens the request's trees expected so far: the
 first misses of unsure trees are little evidence (a committed drafter's first chat tree
 expected 0.26 tokens, its later ones accepted 0.55 a round, and a full wait after that one
-miss held it in plain steps for 50 rounds). The part which the trees themselves show
-(their surrogates say they cannot pay) counts 1 - exp(-k / TREES_PRIOR), k the trees behind
-that mean so far: one tree's surrogate is no estimate of the next ones' (an oracle that knows
-the token four times in ten drafts a flat first tree six times in ten).
+miss held it in plain steps for 50 rounds).
 
 The estimate of a round in which the requests D draft, out of the L in flight:
 
@@ -76,7 +73,6 @@ import math
 
 
 PROBE_GRID = 8  # with several requests in flight, probes fall on rounds that are multiples of it
-TREES_PRIOR = 2.0  # trees before their mean surrogate counts in full in a wait (``_wait_after``)
 
 
 class SpeedupFloor:
@@ -122,7 +118,6 @@ class SpeedupFloor:
         self._realised = [0.0] * batch          # decayed sums of realised and of expected accepted
         self._expected = [0.0] * batch          # lengths: r = (realised + prior) / (expected + prior)
         self._outcomes = [0.0] * batch          # the decayed count of the rounds in those sums
-        self._trees = [0] * batch               # trees drafted, in all
         # ({slot: running Ā}, T_plain / T_round as judged, requests it was judged for) of each group
         # of requests that stopped drafting in the last round, until their outcomes come.
         self._stopped: list[tuple[dict[int, tuple[float, float]], float, int]] = []
@@ -213,7 +208,6 @@ class SpeedupFloor:
         surrogates = {}
         for b in drafting:
             self._awaiting[b] = expected_accept[b]
-            self._trees[b] += 1
             # A mean with fading weights, not a running value started at the probe's: a probe's
             # surrogate (the first of a request, before any calibration) can be far off, and it
             # should count as one round, not as all the rounds before it.
@@ -331,19 +325,10 @@ class SpeedupFloor:
         # that does not: trees that expected E tokens in all miss them all with chance
         # exp(-E / prior) when they accept what they expect (E = 0.3: 3 times in 4), so that
         # part counts 1 - exp(-E / prior), E the expected tokens of the requests' outcomes so far.
-        #
-        # And the sure part is sure of what the trees said, not of what the next ones will say:
-        # a few trees' mean is no estimate of the drafter's (an oracle that knows the token four
-        # times in ten drafts a flat tree, A = 0.001, the other six, and a full wait after a
-        # first tree like that held a drafter that paid 1.3x in plain steps for 18-25 rounds),
-        # so it counts 1 - exp(-k / TREES_PRIOR), k the trees of the requests so far, all of
-        # them (a batch's probe brings one tree per request; not aged: a drafter whose every
-        # tree expects nothing comes to its full waits by its third probe, and stays there).
         expected = sum((total + self._expected[b]) / (weight + self._outcomes[b]) for b, (total, weight) in surrogates.items())
         sure = min((live + expected) / live * ratio, 1.0)
-        trees = sum(self._trees[b] for b in drafting)
         evidence = sum(self._expected[b] for b in drafting)
-        loss = -(1.0 - sure) * math.expm1(-trees / TREES_PRIOR) - max(sure - speedup, 0.0) * math.expm1(-evidence / self.prior)
+        loss = (1.0 - sure) - max(sure - speedup, 0.0) * math.expm1(-evidence / self.prior)
         return min(self.max_wait, max(1, math.ceil(loss / (ratio * self.probe_cost))))
 
     def _batch_wait(self) -> int:
@@ -364,7 +349,7 @@ class SpeedupFloor:
         admission."""
         wait = self._batch_wait() if self.slots > 1 else 0
         fresh = SpeedupFloor(1, self.probe_cost, self.max_wait, self.smoothing, self.decay, self.prior)
-        for name in ("_wait", "_surrogate", "_realised", "_expected", "_outcomes", "_trees", "_awaiting", "_draft"):
+        for name in ("_wait", "_surrogate", "_realised", "_expected", "_outcomes", "_awaiting", "_draft"):
             values = getattr(self, name)
             for slot in slots:
                 values[slot] = getattr(fresh, name)[0]
