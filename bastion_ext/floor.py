@@ -256,7 +256,11 @@ class SpeedupFloor:
         its running surrogate Ā_b (weighted sum, weight) times r_b standing in for ``prior``
         more rounds."""
         total, weight = surrogate
-        estimate = total / weight * (self._realised[b] + self.prior) / (self._expected[b] + self.prior)
+        return self._realised_mean(b, total / weight * (self._realised[b] + self.prior) / (self._expected[b] + self.prior))
+
+    def _realised_mean(self, b: int, estimate: float) -> float:
+        """Request b's realised mean accepted length, ``estimate`` standing in for ``prior``
+        more rounds."""
         return (self._realised[b] + self.prior * estimate) / (self._outcomes[b] + self.prior)
 
     def _speedup(self, surrogates: dict[int, tuple[float, float]], ratio: float, live: int) -> float:
@@ -313,7 +317,7 @@ class SpeedupFloor:
         # of a request is no evidence yet).
         drafting = list(surrogates)
         estimate = (speedup / ratio - 1.0) * live / len(drafting)
-        realised = sum((self._realised[b] + self.prior * estimate) / (self._outcomes[b] + self.prior) for b in drafting)
+        realised = sum(self._realised_mean(b, estimate) for b in drafting)
         speedup = min(speedup, (live + realised) / live * ratio)
         # The loss has two parts. What the trees expect (r = 1) is known without outcomes: a
         # drafter whose trees expect next to nothing loses (1 - S_1) / ratio a probe, surely;
