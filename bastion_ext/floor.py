@@ -362,3 +362,5 @@ class SpeedupFloor:
         for surrogates, _, _ in self._stopped:
             for slot in slots:
                 surrogates.pop(slot, None)
+        # A group whose requests all left has nothing to judge again (and no mean to take).
+        self._stopped = [group for group in self._stopped if group[0]]

@@ -147,6 +147,24 @@ def test_ctrl_c_prints_one_line_and_exits_130(delay):
     assert proc.returncode == 130 and err.strip() == "bastion: interrupted"
 
 
+def test_an_interrupt_lost_in_a_finaliser_comes_again(monkeypatch):
+    """A Ctrl-C that lands in a ``__del__`` (the load's collected regex objects) is "ignored" by
+    the interpreter; the command's hook raises it again in the main thread (CI saw the command
+    run to the end, exit 0, after a Ctrl-C 1 s in)."""
+    from bastion.__main__ import _deliver_lost_interrupt
+
+    class Finaliser:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "unraisablehook", _deliver_lost_interrupt)
+    deadline = time.monotonic() + 30
+    with pytest.raises(KeyboardInterrupt):
+        Finaliser()  # collected at once: its interrupt is lost there ...
+        while time.monotonic() < deadline:  # ... and raised again here
+            pass
+
+
 @pytest.mark.parametrize("argv, message", [
     (["bench", "--budgets", "4,100000"], "--budgets must be integers <= 4096, got '4,100000'"),
     (["bench", "--batch-sizes", "0"], "--batch-sizes must be integers >= 1"),

@@ -311,6 +311,18 @@ def test_a_request_joining_a_waiting_batch_probes_with_it():
     assert paying.plan([64, 64]).draft == (True, True)
 
 
+def test_requests_leaving_before_their_stop_is_judged_again_leave_nothing_to_judge():
+    """The round that stops a batch is judged again when its outcomes come, a round later; if
+    every request of it has left by then (and new ones took the slots), there is nothing to
+    judge, and the newcomers' rounds go on (the joining test hit a division by zero here)."""
+    policy = Bastion(latency(0.3), 8, batch=2)
+    history = run_rounds(policy, ["flat", "flat"], 1)
+    assert history[0][0] == (True, True) and history[0][2][0] < 1.0  # the probe stopped both
+    policy.reset([0, 1])
+    history = run_rounds(policy, ["flat", "flat"], 4)
+    assert all(estimate is None or estimate < 1.0 for _, _, estimates in history for estimate in estimates)
+
+
 def test_a_plain_round_leaves_nothing_for_the_next_select():
     policy = Bastion(latency(0.3), 8, batch=2)
     run_rounds(policy, ["flat", "flat"], 2)

@@ -1,6 +1,22 @@
 """``python -m bastion`` and the ``bastion`` command (``run``)."""
 
 import sys
+import threading
+import _thread
+
+
+def _deliver_lost_interrupt(unraisable) -> None:
+    """``sys.unraisablehook`` of the command: a Ctrl-C that lands while a finaliser runs (the
+    tokenizer's regex objects are collected during the model's load) is printed as "Exception
+    ignored" and lost, and the command would run on to the end; it is delivered again to the
+    main thread a millisecond later, from another thread (from this one it would be raised in
+    this hook, and lost again), where the next bytecode raises it as any Ctrl-C."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+        return
+    again = threading.Timer(0.001, _thread.interrupt_main)
+    again.daemon = True
+    again.start()
 
 
 def run() -> int:
@@ -8,6 +24,7 @@ def run() -> int:
     torch and transformers import (seconds) ends with one line, not a traceback. Nothing of
     the package is imported before the ``try``: the window of a bare interrupt is the
     interpreter's own start."""
+    sys.unraisablehook = _deliver_lost_interrupt
     try:
         from bastion.cli import main
     except KeyboardInterrupt:
