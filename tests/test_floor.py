@@ -2,11 +2,14 @@
 steps when no tree pays, never when trees do, the probe schedule, the reset on a paying
 probe, and the plain step's cost corrected online from measured plain steps."""
 
+import math
+import random
+
 import pytest
 import torch
 
 from bastion_ext import ops
-from bastion_ext.floor import SpeedupFloor
+from bastion_ext.floor import PROBE_GRID, SpeedupFloor
 from bastion_ext.latency import LatencyModel, ModelSpec, RooflineModel
 from bastion_ext.policy import Bastion, Fixed, GreedyStop
 from bastion_ext.surrogate import AcceptCalibrator, surrogate_accept
@@ -413,3 +416,25 @@ def test_plain_steps_are_measured_while_a_run_of_trees_lasts_until_a_window_is_h
     for _ in range(window - len(plain)):
         policy.observe_time(0, 64, 0.05)
     assert all(policy.plan([64]).draft[0] for _ in range(3 * PLAIN_EVERY))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_any_sequence_of_plans_judgements_and_joins_keeps_the_floor_whole(seed):
+    """Random batches, live masks, forced plain rounds, surrogates, outcomes, times and
+    admissions (the engine's timings choose the path, so CI's machine takes paths this one
+    does not): no error, waits within bounds, an estimate exactly for the requests that drafted."""
+    rng = random.Random(seed)
+    batch = rng.choice([1, 2, 3, 4])
+    floor = SpeedupFloor(batch)
+    for _ in range(200):
+        live = tuple(rng.random() < 0.85 for _ in range(batch))
+        draft, _ = floor.plan(live, plain=rng.random() < 0.05)
+        expected = [rng.choice([0.0, 1e-4, 5 * rng.random()]) for _ in range(batch)]
+        accepted = [rng.randint(0, 6) for _ in range(batch)]
+        estimates = floor.judge(expected, accepted, rng.choice([1e-4, 0.05, 1.0]), rng.choice([1e-4, 0.05]),
+                                each=rng.random() < 0.5)
+        assert [e is not None for e in estimates] == list(draft)
+        assert all(math.isfinite(e) and e >= 0 for e in estimates if e is not None)
+        assert all(0 <= wait <= floor.max_wait + PROBE_GRID for wait in floor._wait)
+        if rng.random() < 0.2:
+            floor.reset(rng.sample(range(batch), rng.randint(1, batch)))
