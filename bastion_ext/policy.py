@@ -133,11 +133,13 @@ class Policy(ABC):
         return surrogate_accept(tree.scores, tree.n_nodes)
 
     def judge(self, n_nodes: list[int], expected_accept: list[float], accepted: list[int],
-              context_lens: list[int]) -> list[float | None]:
+              context_lens: list[int], plain_seconds: float | None = None) -> list[float | None]:
         """Host values of this round, every round: node counts (0 for a request not drafting),
         ``expected_accept``, the accepted draft tokens of each request's previous round, root
         positions -> the estimated speedup of each request's tree over a plain step, None
-        where there is no estimate. Cost-aware policies decide their next rounds from it."""
+        where there is no estimate. Cost-aware policies decide their next rounds from it.
+        ``plain_seconds``: this round's :meth:`plain_seconds` where the caller has it already
+        (the engine records it every round), else None."""
         return [None] * len(n_nodes)
 
     def plain_seconds(self, context_lens: list[int]) -> float | None:
@@ -232,7 +234,7 @@ class _CostAware(Policy):
                                lambda: (self.latency.latency_table(context_lens, self.max_nodes, self.device), self._accept_scale(batch)))
 
     def judge(self, n_nodes: list[int], expected_accept: list[float], accepted: list[int],
-              context_lens: list[int]) -> list[float | None]:
+              context_lens: list[int], plain_seconds: float | None = None) -> list[float | None]:
         """Request b's estimate: S_b = (1 + g_b) * T_plain(B, c) / T_round(M, c, B), with g_b
         the floor's gain (the request's realised mean accepted length, its surrogate A_b for
         the trees this policy chose, calibrated, standing in before the outcomes); M the mean
@@ -252,7 +254,9 @@ class _CostAware(Policy):
         # that accepted 5 tokens was judged 0.78 against the 1-node trees before it).
         total, weight = self._tree_nodes
         round_s = self.latency.round_estimate(total / weight if weight else 1.0, sum(context_lens) / len(context_lens), len(n_nodes))
-        return self.floor.judge(expected_accept, accepted, round_s, self.plain_seconds(context_lens), each=self._judge_each)
+        if plain_seconds is None:
+            plain_seconds = self.plain_seconds(context_lens)
+        return self.floor.judge(expected_accept, accepted, round_s, plain_seconds, each=self._judge_each)
 
     def plain_seconds(self, context_lens: list[int]) -> float:
         """The measured plain steps' estimate; before the first one, the lower of the latency

@@ -438,3 +438,14 @@ def test_any_sequence_of_plans_judgements_and_joins_keeps_the_floor_whole(seed):
         assert all(0 <= wait <= floor.max_wait + PROBE_GRID for wait in floor._wait)
         if rng.random() < 0.2:
             floor.reset(rng.sample(range(batch), rng.randint(1, batch)))
+
+
+def test_judge_takes_the_plain_step_estimate_the_caller_has():
+    """The engine asks for ``plain_seconds`` every round for its records and hands it to
+    ``judge``: the same estimates as the policy's own, and a different one is the one used."""
+    own, given, halved = (Bastion(latency(0.1), 8) for _ in range(3))
+    for policy in (own, given, halved):
+        run_rounds(policy, ["flat"], 1)
+    plain = own.plain_seconds([64])
+    estimates = [policy.judge([4], [0.5], [0], [64], *seconds) for policy, seconds in ((own, ()), (given, (plain,)), (halved, (plain / 2,)))]
+    assert estimates[0] == estimates[1] and estimates[2][0] < estimates[1][0]

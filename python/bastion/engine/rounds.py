@@ -57,8 +57,8 @@ class _Round:
         if self.plan is None:
             return
         policy, contexts = self.plan.policy, batch.context_lens()
-        estimates = policy.judge(node_counts, expected, batch.accepted, contexts)
         plain_s = policy.plain_seconds(contexts)
+        estimates = policy.judge(node_counts, expected, batch.accepted, contexts, plain_s)
         for slot, request in enumerate(batch.slots):
             if request is not None:
                 batch.records.open(request, self.clock, k=self.plan.k, max_nodes=self.plan.max_nodes, n_nodes=node_counts[slot],
