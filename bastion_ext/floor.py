@@ -55,6 +55,13 @@ estimated 0.96 and 1.05 for rounds that realised 0.86 and 0.84): the larger of t
 estimates is above both on average. The mean with the estimate as its prior did not (0.81
 against 0.78; the running estimate alone: 0.85 against 0.82).
 
+A wait is set for an unbounded request; one whose token limit is near (``plan``'s
+``remaining``) ends in plain steps when fewer rounds than the wait would follow its next
+probe: that probe's outcome could pay back over fewer rounds than the wait that spaces the
+probes (the window in which probes keep to ``probe_cost``), so it would cost more than its
+share, and a drafter that resumed there would draft only the last few rounds. A quarter of a
+batch of 4's probes on the CPU came in the last 20 of its 128 rounds.
+
 A round that stops drafting is judged again when its outcomes arrive (the next round, a plain
 one): if what they accepted makes the mean pay, its requests draft again after that one plain step,
 so a probe is judged by what it accepted, not only by the estimate made before it; if not,
@@ -125,16 +132,25 @@ class SpeedupFloor:
         self._awaiting: list[float | None] = [None] * batch  # last tree's expected A, until its outcome comes
         self._draft = [True] * batch            # this round's decision
         self._alive = (True,) * batch           # the slots holding a request at the last plan
+        self._remaining: list[int] | None = None  # rounds each request has left at most (the last plan's)
+        self._ends_plain = [False] * batch      # stopped too near its limit for another probe
 
-    def plan(self, live: tuple[bool, ...] | None = None, plain: bool = False) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    def plan(self, live: tuple[bool, ...] | None = None, plain: bool = False,
+             remaining: list[int] | None = None) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         """This round's (draft, probe) per request slot: draft unless waiting or the slot holds
         no request (``live``, B bools; None: every slot does); a probe is a draft with no
         running estimate (the first round, or the first after plain steps). ``plain``: no slot
-        drafts this round (the caller measures a plain step); the waits run on."""
+        drafts this round (the caller measures a plain step); the waits run on. ``remaining``:
+        B host ints, the tokens each request may still emit (its limit less its tokens; None:
+        no limit), which bound its rounds: a request stopped near its end takes no more probes."""
         live = (True,) * len(self._wait) if live is None else live
         if len(live) != len(self._wait):
             raise ValueError(f"live must hold {len(self._wait)} values, got {len(live)}")
-        draft = tuple(wait == 0 and alive and not plain for wait, alive in zip(self._wait, live))
+        if remaining is not None and len(remaining) != len(self._wait):
+            raise ValueError(f"remaining must hold {len(self._wait)} values, got {len(remaining)}")
+        self._remaining = None if remaining is None else list(remaining)
+        draft = tuple(wait == 0 and alive and not plain and not ends
+                      for wait, alive, ends in zip(self._wait, live, self._ends_plain))
         self._round += 1
         probe = tuple(d and surrogate is None for d, surrogate in zip(draft, self._surrogate))
         self._wait = [max(wait - 1, 0) for wait in self._wait]
@@ -236,7 +252,7 @@ class SpeedupFloor:
         a round of ``live`` requests."""
         wait = self._wait_for(surrogates, speedup, ratio, live)
         for b in surrogates:
-            self._surrogate[b], self._wait[b] = None, wait
+            self._surrogate[b], self._wait[b], self._ends_plain[b] = None, wait, self._past_limit(b, wait)
         if review:
             self._stopped.append((surrogates, ratio, live))
 
@@ -250,6 +266,12 @@ class SpeedupFloor:
         if live == 1 and self._live > 1:
             wait = -(-(self._round + wait) // PROBE_GRID) * PROBE_GRID - self._round
         return wait
+
+    def _past_limit(self, b: int, wait: int) -> bool:
+        """Whether fewer than ``wait`` rounds would follow the probe that ends request b's wait
+        (module docstring): it then ends in plain steps. Its wait still counts down, as the
+        batch's schedule for the requests that join it (``reset``)."""
+        return self._remaining is not None and self._remaining[b] - wait < wait
 
     def _gain(self, b: int, surrogate: tuple[float, float]) -> float:
         """Request b's expected accepted draft tokens per round, g_b: its realised mean, with
@@ -281,11 +303,11 @@ class SpeedupFloor:
             speedup = self._speedup(surrogates, ratio, live)
             if speedup >= 1.0:
                 for b, surrogate in surrogates.items():
-                    self._wait[b], self._surrogate[b] = 0, surrogate
+                    self._wait[b], self._surrogate[b], self._ends_plain[b] = 0, surrogate, False
                 continue
             wait = self._wait_for(surrogates, speedup, ratio, live, elapsed=1)  # from the stop, a round ago
             for b in surrogates:
-                self._wait[b] = wait
+                self._wait[b], self._ends_plain[b] = wait, self._past_limit(b, wait)
 
     def _recheck(self, ratio: float) -> None:
         """A plain round of requests that were drafting (the engine's one measured plain step,
@@ -353,7 +375,7 @@ class SpeedupFloor:
         admission."""
         wait = self._batch_wait() if self.slots > 1 else 0
         fresh = SpeedupFloor(1, self.probe_cost, self.max_wait, self.smoothing, self.decay, self.prior)
-        for name in ("_wait", "_surrogate", "_realised", "_expected", "_outcomes", "_awaiting", "_draft"):
+        for name in ("_wait", "_surrogate", "_realised", "_expected", "_outcomes", "_awaiting", "_draft", "_ends_plain"):
             values = getattr(self, name)
             for slot in slots:
                 values[slot] = getattr(fresh, name)[0]

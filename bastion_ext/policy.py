@@ -2,8 +2,9 @@
 
 The decoder calls, once per round::
 
-    args = policy.plan(context_lens, live)               # host-side, no sync; live: which slots
-                                                         # hold a request (None: all)
+    args = policy.plan(context_lens, live, remaining)    # host-side, no sync; live: which slots
+                                                         # hold a request (None: all); remaining:
+                                                         # the tokens each may still emit (None: no limit)
     if not any(args.draft): ... a plain step; skip the rest ...
     tree = build_tree(draft_logits, k, policy.max_nodes, **args.kwargs(), context_lens=...)
     tree = policy.select(tree)                           # batch Bastion: one budget across requests;
@@ -94,23 +95,25 @@ class Policy(ABC):
         return torch.full((batch,), value, dtype=torch.int32, device=self.device)
 
     @abstractmethod
-    def plan(self, context_lens, live: tuple[bool, ...] | None = None) -> BuildArgs:
+    def plan(self, context_lens, live: tuple[bool, ...] | None = None, remaining: list[int] | None = None) -> BuildArgs:
         """Build arguments for a round; context_lens: an int or B host ints (root positions);
-        live: B host bools, the slots that hold a request (None: every slot)."""
+        live: B host bools, the slots that hold a request (None: every slot); remaining: B
+        host ints, the tokens each request may still emit (None: no limit; the speedup floor
+        takes no probe too near a request's end)."""
 
-    def _plan_args(self, policy: str, budget: int, batch: int, live, tables=None) -> BuildArgs:
+    def _plan_args(self, policy: str, budget: int, batch: int, live, tables=None, remaining=None) -> BuildArgs:
         """BuildArgs of a round; ``tables``: None, or a callable giving (latency_table,
         accept_scale), called only when some slot drafts (a plain round builds no tree, and the
         floor's plain rounds are most rounds where trees do not pay)."""
         live = (True,) * batch if live is None else tuple(live)
         if len(live) != batch:
             raise ValueError(f"live must hold {batch} values (one per context length), got {len(live)}")
-        draft, probe = self._decide(batch, live)
+        draft, probe = self._decide(batch, live, remaining)
         self._draft = draft
         latency_table, accept_scale = tables() if tables is not None and any(draft) else (None, None)
         return BuildArgs(policy, self._budgets(batch, budget), latency_table, accept_scale, draft, probe)
 
-    def _decide(self, batch: int, live: tuple[bool, ...]) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    def _decide(self, batch: int, live: tuple[bool, ...], remaining) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         """This round's (draft, probe) per slot: every live slot drafts, none probes."""
         return live, (False,) * batch
 
@@ -174,7 +177,7 @@ class Fixed(Policy):
             raise ValueError(f"n must be an int in 1..max_nodes={self.max_nodes}, got {n!r}")
         self.n = n
 
-    def plan(self, context_lens, live: tuple[bool, ...] | None = None) -> BuildArgs:
+    def plan(self, context_lens, live: tuple[bool, ...] | None = None, remaining: list[int] | None = None) -> BuildArgs:
         return self._plan_args(self.name, self.n, _batch_size(context_lens), live)
 
 
@@ -199,9 +202,9 @@ class _CostAware(Policy):
     # (each tree cut on its own: its size is the request's choice).
     _judge_each = True
 
-    def _decide(self, batch: int, live: tuple[bool, ...]) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    def _decide(self, batch: int, live: tuple[bool, ...], remaining) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         if self.floor is None:
-            return super()._decide(batch, live)
+            return super()._decide(batch, live, remaining)
         if self.floor.slots != batch:
             raise ValueError(f"context_lens has {batch} requests but the policy was made for batch={self.floor.slots}")
         # Until a plain step has been measured, T_plain is the model's guess, and the floor
@@ -211,7 +214,7 @@ class _CostAware(Policy):
         self._plans += 1
         plain = (not self._plain_measured and self._plans == 2) or (
             self._drafted_in_a_row >= PLAIN_EVERY and self._plain_samples_short())
-        draft, probe = self.floor.plan(live, plain=plain)
+        draft, probe = self.floor.plan(live, plain=plain, remaining=remaining)
         self._drafted_in_a_row = self._drafted_in_a_row + 1 if any(draft) else 0
         return draft, probe
 
@@ -228,10 +231,11 @@ class _CostAware(Policy):
             raise ValueError(f"context_lens has {batch} requests but the policy was made for batch={scale.shape[0]}")
         return scale
 
-    def plan(self, context_lens, live: tuple[bool, ...] | None = None) -> BuildArgs:
+    def plan(self, context_lens, live: tuple[bool, ...] | None = None, remaining: list[int] | None = None) -> BuildArgs:
         batch = _batch_size(context_lens)
         return self._plan_args(self.name, self.max_nodes, batch, live,
-                               lambda: (self.latency.latency_table(context_lens, self.max_nodes, self.device), self._accept_scale(batch)))
+                               lambda: (self.latency.latency_table(context_lens, self.max_nodes, self.device), self._accept_scale(batch)),
+                               remaining)
 
     def judge(self, n_nodes: list[int], expected_accept: list[float], accepted: list[int],
               context_lens: list[int], plain_seconds: float | None = None) -> list[float | None]:
@@ -316,13 +320,13 @@ class Bastion(_CostAware):
         self._batch_table = None
         self._batch_scale = None
 
-    def plan(self, context_lens, live: tuple[bool, ...] | None = None) -> BuildArgs:
+    def plan(self, context_lens, live: tuple[bool, ...] | None = None, remaining: list[int] | None = None) -> BuildArgs:
         batch = _batch_size(context_lens)
         # A round in which nobody drafts never reaches select: nothing may outlive its plan.
         self._batch_table = self._batch_scale = None
         if batch == 1 or not self.batch_allocation:
-            return super().plan(context_lens, live)
-        args = self._plan_args("fixed", self.max_nodes, batch, live)
+            return super().plan(context_lens, live, remaining)
+        args = self._plan_args("fixed", self.max_nodes, batch, live, remaining=remaining)
         if any(args.draft):
             self._batch_table = self.latency.batch_latency_table(context_lens, batch * self.max_nodes, self.device)
             self._batch_scale = self._accept_scale(batch)

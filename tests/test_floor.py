@@ -420,15 +420,18 @@ def test_plain_steps_are_measured_while_a_run_of_trees_lasts_until_a_window_is_h
 
 @pytest.mark.parametrize("seed", range(40))
 def test_any_sequence_of_plans_judgements_and_joins_keeps_the_floor_whole(seed):
-    """Random batches, live masks, forced plain rounds, surrogates, outcomes, times and
+    """Random batches, live masks, forced plain rounds, token limits, surrogates, outcomes, times and
     admissions (the engine's timings choose the path, so CI's machine takes paths this one
     does not): no error, waits within bounds, an estimate exactly for the requests that drafted."""
     rng = random.Random(seed)
     batch = rng.choice([1, 2, 3, 4])
     floor = SpeedupFloor(batch)
+    limits = None if seed % 3 == 0 else [rng.randint(1, 300) for _ in range(batch)]  # tokens left per request
     for _ in range(200):
         live = tuple(rng.random() < 0.85 for _ in range(batch))
-        draft, _ = floor.plan(live, plain=rng.random() < 0.05)
+        remaining = limits and [max(limit - 1, 0) for limit in limits]
+        limits = remaining
+        draft, _ = floor.plan(live, plain=rng.random() < 0.05, remaining=remaining)
         expected = [rng.choice([0.0, 1e-4, 5 * rng.random()]) for _ in range(batch)]
         accepted = [rng.randint(0, 6) for _ in range(batch)]
         estimates = floor.judge(expected, accepted, rng.choice([1e-4, 0.05, 1.0]), rng.choice([1e-4, 0.05]),
@@ -437,7 +440,10 @@ def test_any_sequence_of_plans_judgements_and_joins_keeps_the_floor_whole(seed):
         assert all(math.isfinite(e) and e >= 0 for e in estimates if e is not None)
         assert all(0 <= wait <= floor.max_wait + PROBE_GRID for wait in floor._wait)
         if rng.random() < 0.2:
-            floor.reset(rng.sample(range(batch), rng.randint(1, batch)))
+            joining = rng.sample(range(batch), rng.randint(1, batch))
+            floor.reset(joining)
+            for slot in joining if limits else ():
+                limits[slot] = rng.randint(1, 300)
 
 
 def test_judge_takes_the_plain_step_estimate_the_caller_has():
@@ -449,3 +455,33 @@ def test_judge_takes_the_plain_step_estimate_the_caller_has():
     plain = own.plain_seconds([64])
     estimates = [policy.judge([4], [0.5], [0], [64], *seconds) for policy, seconds in ((own, ()), (given, (plain,)), (halved, (plain / 2,)))]
     assert estimates[0] == estimates[1] and estimates[2][0] < estimates[1][0]
+
+
+def test_a_request_near_its_limit_ends_in_plain_steps():
+    """A stop's wait spaces the probes; a request with fewer than that many rounds left after
+    its next probe takes no probe: it ends in plain steps. Far from its limit, or with no limit
+    given, it probes after the wait; the review of the stop a round later keeps to the rule;
+    a request joining its slot starts afresh."""
+    def stopped(remaining):
+        floor = SpeedupFloor(1)
+        floor.plan(remaining=remaining)
+        floor.judge([0.1], [0], 2.0, 1.0)  # a flat tree in a round twice a plain step
+        return floor
+
+    def first_probe(floor, remaining):
+        for i in range(remaining):
+            if floor.plan(remaining=[remaining - i])[0][0]:
+                return i
+        return None
+    wait = stopped(None)._wait[0]
+    assert 1 < wait < 200 and stopped([1000])._wait[0] == wait
+    assert first_probe(stopped([2 * wait]), 2 * wait - 1) == wait
+    near = stopped([2 * wait - 1])
+    assert near._wait[0] == wait
+    near.plan(remaining=[2 * wait - 2])
+    near.judge([0.0], [0], 2.0, 1.0)  # the review: the flat tree accepted nothing
+    assert first_probe(near, 2 * wait - 3) is None
+    near.reset([0])
+    assert near.plan(remaining=[500])[0] == (True,)
+    with pytest.raises(ValueError, match="remaining"):
+        SpeedupFloor(2).plan(remaining=[5])

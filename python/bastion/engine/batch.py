@@ -115,6 +115,10 @@ class Batch:
         """Each slot's committed tokens as the host knows them (0 for a free slot)."""
         return [0 if r is None else r.committed_len for r in self.slots]
 
+    def remaining(self) -> list[int]:
+        """The tokens each slot's request may still emit, as the host knows them (0 for a free slot)."""
+        return [0 if r is None else max(r.max_new_tokens - r.generated, 0) for r in self.slots]
+
     # -- requests joining and leaving --------------------------------------------------------
 
     def admit(self) -> None:

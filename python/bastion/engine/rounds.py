@@ -37,7 +37,7 @@ class Rounds:
         self.clock.mark("round")
         if self.plan is None:
             return self.plain
-        args = self.plan.policy.plan(batch.context_lens(), batch.live)
+        args = self.plan.policy.plan(batch.context_lens(), batch.live, batch.remaining())
         round_ = self.tree if any(args.draft) else self.plain
         round_.args = args
         return round_
