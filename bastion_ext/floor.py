@@ -56,13 +56,14 @@ estimates is above both on average. The mean with the estimate as its prior did 
 against 0.78; the running estimate alone: 0.85 against 0.82).
 
 A wait is set for an unbounded request. A request whose token limit is near (``plan``'s
-``remaining``), and whose trees would not pay even if they accepted what they expect, ends
-in plain steps when fewer rounds than the wait would follow its next probe: that probe's
-outcome could pay back over fewer rounds than the wait that spaces the probes (the window in
-which probes keep to ``probe_cost``), so it would cost more than its share. A quarter of a
-batch of 4's probes on the CPU came in the last 20 of its 128 rounds. A drafter whose trees
-would pay is stopped by runs of misses and resumes, often late: skipping those last probes
-raised the floor's cost where trees pay (bf16 on the CPU) from 2.4% to 3.5% and 4.2%.
+``remaining``), and none of whose rounds has paid yet (realised), ends in plain steps when
+fewer rounds than the wait would follow its next probe: that probe's outcome could pay back
+over fewer rounds than the wait that spaces the probes (the window in which probes keep to
+``probe_cost``), so it would cost more than its share. A quarter of a batch of 4's probes on
+the CPU came in the last 20 of its 128 rounds. A drafter whose trees have paid is stopped by
+runs of misses and resumes, often late: skipping those last probes raised the floor's cost
+where trees pay (bf16 on the CPU) from 2.4% to 3.5% and 4.2%; and what its trees expect is
+no bound (the committed drafter's accept more than they expect).
 
 A round that stops drafting is judged again when its outcomes arrive (the next round, a plain
 one): if what they accepted makes the mean pay, its requests draft again after that one plain step,
@@ -136,6 +137,7 @@ class SpeedupFloor:
         self._alive = (True,) * batch           # the slots holding a request at the last plan
         self._remaining: list[int] | None = None  # rounds each request has left at most (the last plan's)
         self._ends_plain = [False] * batch      # stopped too near its limit for another probe
+        self._paid = [False] * batch            # whether a round of its trees has paid (realised)
 
     def plan(self, live: tuple[bool, ...] | None = None, plain: bool = False,
              remaining: list[int] | None = None) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
@@ -209,6 +211,10 @@ class SpeedupFloor:
         if len(expected_accept) != batch or len(accepted) != batch:
             raise ValueError(f"expected_accept and accepted must hold {batch} values each, got {len(expected_accept)} and {len(accepted)}")
         ratio = plain_seconds / round_seconds
+        outcomes = [b for b, awaiting in enumerate(self._awaiting) if awaiting is not None]
+        if outcomes and (self._live + sum(accepted[b] for b in outcomes)) / self._live * ratio >= 1.0:
+            for b in outcomes:  # the round those trees made paid for the batch: they may resume late
+                self._paid[b] = True
         # The outcomes age every round, plain ones too: while a request waits, what stopped it
         # fades and its probes are judged more by their own trees (a drafter that turns good
         # after a run of misses resumes; outcomes that aged only with new outcomes kept such a
@@ -253,7 +259,7 @@ class SpeedupFloor:
         again when its outcomes arrive (``_review``; ``review`` False: they are in already), as
         a round of ``live`` requests."""
         wait = self._wait_for(surrogates, speedup, ratio, live)
-        for b, ends in zip(surrogates, self._past_limit(surrogates, ratio, live, wait)):
+        for b, ends in zip(surrogates, self._past_limit(surrogates, wait)):
             self._surrogate[b], self._wait[b], self._ends_plain[b] = None, wait, ends
         if review:
             self._stopped.append((surrogates, ratio, live))
@@ -269,22 +275,14 @@ class SpeedupFloor:
             wait = -(-(self._round + wait) // PROBE_GRID) * PROBE_GRID - self._round
         return wait
 
-    def _expected_speedup(self, surrogates: dict[int, tuple[float, float]], ratio: float, live: int) -> float:
-        """S of a round of the requests ``surrogates`` were their trees to accept what they
-        expect (r = 1): the mean surrogate of each one's trees so far, its outcomes' and this run's."""
-        expected = sum((total + self._expected[b]) / (weight + self._outcomes[b]) for b, (total, weight) in surrogates.items())
-        return (live + expected) / live * ratio
-
-    def _past_limit(self, surrogates: dict[int, tuple[float, float]], ratio: float, live: int, wait: int) -> list[bool]:
+    def _past_limit(self, surrogates: dict[int, tuple[float, float]], wait: int) -> list[bool]:
         """Per request of ``surrogates``: whether fewer than ``wait`` rounds would follow the probe
-        that ends its wait (module docstring), for a drafter that would not pay even were its
-        trees to accept what they expect: it then ends in plain steps. Its wait still counts
-        down, as the batch's schedule for the requests that join it (``reset``). A drafter
-        whose trees would pay is often stopped by a run of misses and resumes: its last probes
-        paid where trees pay on the CPU (bf16), and skipping them raised the floor's cost."""
-        if self._remaining is None or self._expected_speedup(surrogates, ratio, live) >= 1.0:
+        that ends its wait (module docstring), for a request none of whose rounds has paid: it
+        then ends in plain steps. Its wait still counts down, as the batch's schedule for the
+        requests that join it (``reset``)."""
+        if self._remaining is None:
             return [False] * len(surrogates)
-        return [self._remaining[b] - wait < wait for b in surrogates]
+        return [not self._paid[b] and self._remaining[b] - wait < wait for b in surrogates]
 
     def _gain(self, b: int, surrogate: tuple[float, float]) -> float:
         """Request b's expected accepted draft tokens per round, g_b: its realised mean, with
@@ -319,7 +317,7 @@ class SpeedupFloor:
                     self._wait[b], self._surrogate[b], self._ends_plain[b] = 0, surrogate, False
                 continue
             wait = self._wait_for(surrogates, speedup, ratio, live, elapsed=1)  # from the stop, a round ago
-            for b, ends in zip(surrogates, self._past_limit(surrogates, ratio, live, wait)):
+            for b, ends in zip(surrogates, self._past_limit(surrogates, wait)):
                 self._wait[b], self._ends_plain[b] = wait, ends
 
     def _recheck(self, ratio: float) -> None:
@@ -364,7 +362,8 @@ class SpeedupFloor:
         # that does not: trees that expected E tokens in all miss them all with chance
         # exp(-E / prior) when they accept what they expect (E = 0.3: 3 times in 4), so that
         # part counts 1 - exp(-E / prior), E the expected tokens of the requests' outcomes so far.
-        sure = min(self._expected_speedup(surrogates, ratio, live), 1.0)
+        expected = sum((total + self._expected[b]) / (weight + self._outcomes[b]) for b, (total, weight) in surrogates.items())
+        sure = min((live + expected) / live * ratio, 1.0)
         evidence = sum(self._expected[b] for b in drafting)
         loss = (1.0 - sure) - max(sure - speedup, 0.0) * math.expm1(-evidence / self.prior)
         return min(self.max_wait, max(1, math.ceil(loss / (ratio * self.probe_cost))))
@@ -387,7 +386,7 @@ class SpeedupFloor:
         admission."""
         wait = self._batch_wait() if self.slots > 1 else 0
         fresh = SpeedupFloor(1, self.probe_cost, self.max_wait, self.smoothing, self.decay, self.prior)
-        for name in ("_wait", "_surrogate", "_realised", "_expected", "_outcomes", "_awaiting", "_draft", "_ends_plain"):
+        for name in ("_wait", "_surrogate", "_realised", "_expected", "_outcomes", "_awaiting", "_draft", "_ends_plain", "_paid"):
             values = getattr(self, name)
             for slot in slots:
                 values[slot] = getattr(fresh, name)[0]

@@ -459,8 +459,7 @@ def test_judge_takes_the_plain_step_estimate_the_caller_has():
 
 def test_a_request_near_its_limit_ends_in_plain_steps():
     """A stop's wait spaces the probes; a request with fewer than that many rounds left after
-    its next probe, whose trees would not pay even accepting what they expect, takes no probe:
-    it ends in plain steps. Far from its limit, or with no limit
+    its next probe, none of whose rounds has paid, takes no probe: it ends in plain steps. Far from its limit, or with no limit
     given, it probes after the wait; the review of the stop a round later keeps to the rule;
     a request joining its slot starts afresh."""
     def stopped(remaining):
@@ -484,12 +483,13 @@ def test_a_request_near_its_limit_ends_in_plain_steps():
     assert first_probe(near, 2 * wait - 3) is None
     near.reset([0])
     assert near.plan(remaining=[500])[0] == (True,)
-    # Trees expecting 3 tokens in a round of two plain steps would pay (2x) had they accepted
-    # them: stopped by misses near its limit, the request still probes after its wait.
-    confident = SpeedupFloor(1)
-    for left in (40, 39):
-        confident.plan(remaining=[left])
-        confident.judge([3.0], [0], 2.0, 1.0)
-    assert confident._wait[0] > 38 and not confident._ends_plain[0]
+    # A request one of whose rounds paid (3 tokens in a round of two plain steps), stopped by
+    # misses near its limit: it still probes after its wait (such drafters resume).
+    paid = SpeedupFloor(1)
+    for left, accepted in zip(range(40, 0, -1), [0, 3] + [0] * 38):
+        if paid.plan(remaining=[left])[0] == (False,):
+            break
+        paid.judge([3.0], [accepted], 2.0, 1.0)
+    assert left - paid._wait[0] < paid._wait[0] and not paid._ends_plain[0]
     with pytest.raises(ValueError, match="remaining"):
         SpeedupFloor(2).plan(remaining=[5])
