@@ -147,6 +147,20 @@ def test_ctrl_c_prints_one_line_and_exits_130(delay):
     assert proc.returncode == 130 and err.strip() == "bastion: interrupted"
 
 
+def test_an_interrupt_before_main_s_own_handler_ends_with_one_line(monkeypatch, capsys):
+    """``main`` parses its options before its ``try``: an interrupt there (the imports just
+    done) is the command's too, not an exit by SIGINT."""
+    from bastion.__main__ import run
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bastion.cli, "main", interrupted)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # run() sets its own
+    assert run() == 130
+    assert capsys.readouterr().err.strip() == "bastion: interrupted"
+
+
 def test_an_interrupt_lost_in_a_finaliser_comes_again(monkeypatch):
     """A Ctrl-C that lands in a ``__del__`` (the load's collected regex objects) is "ignored" by
     the interpreter; the command's hook raises it again in the main thread (CI saw the command

@@ -23,16 +23,19 @@ def run() -> int:
     """The command's entry point: ``bastion.cli.main``, imported here so that a Ctrl-C while
     torch and transformers import (seconds) ends with one line, not a traceback. Nothing of
     the package is imported before the ``try``: the window of a bare interrupt is the
-    interpreter's own start."""
+    interpreter's own start. ``main`` is called inside it too: it parses its options before
+    its own ``try``, and an interrupt there escaped (CI's machine: exit by SIGINT, -2, when
+    the imports took a second)."""
     sys.unraisablehook = _deliver_lost_interrupt
     try:
         from bastion.cli import main
+
+        return main()
     except KeyboardInterrupt:
         from bastion.cli_support import EXIT_INTERRUPTED  # light: no torch
 
         print("bastion: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return main()
 
 
 if __name__ == "__main__":
