@@ -165,6 +165,36 @@ def test_bench_batch_sizes(embedded, tmp_path):
 
 
 @pytest.mark.model
+def test_bench_repeats_alternate_the_order_and_sum_every_run(embedded, drafter_dir, tmp_path, monkeypatch):
+    """--repeats 2: each batch runs ar, ddtree, then ddtree, ar (a drifting machine weighs on
+    both alike); rows count every run and compare each with ar's run of the same repeat."""
+    import bastion.bench
+
+    order = []
+    real = bastion.bench.generate_batch
+
+    def logged(model, ids, config, **kwargs):
+        order.append(config.strategy)
+        return real(model, ids, config, **kwargs)
+
+    monkeypatch.setattr(bastion.bench, "generate_batch", logged)
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Say hi."}) + "\n")
+    out = tmp_path / "results"
+    argv = ["bench", "--prompts", str(prompts), "--strategies", "ar,ddtree", "--budgets", "2", "--drafter", drafter_dir,
+            "--repeats", "2", "--max-new-tokens", "4", "--ignore-eos", "--out", str(out)]
+    assert run_main(argv) == 0
+    assert order == ["ar", "ddtree", "ddtree", "ar"]
+    result = json.loads((out / "bench.json").read_text())
+    rows = {(r["name"], r["category"]): r for r in result["rows"]}
+    assert result["meta"]["repeats"] == 2
+    assert rows[("ddtree@2", "all")]["prompts"] == 2 and rows[("ddtree@2", "all")]["identical_to_ar"] == 2
+    assert rows[("ar", "all")]["new_tokens"] == 2 * 4
+    records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert {r["repeat"] for r in records} == {0, 1}
+
+
+@pytest.mark.model
 def test_bench_ignore_eos_decodes_every_token(embedded, tmp_path):
     """--ignore-eos: every request runs to --max-new-tokens (a short answer's EOS does not end
     it), so strategies compare the same work; the JSON says so."""

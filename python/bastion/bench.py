@@ -1,4 +1,6 @@
-"""``bastion bench``: every strategy over the project's eval prompts, one run, same prompts.
+"""``bastion bench``: every strategy over the project's eval prompts, the same prompts, each
+batch ``--repeats`` times (strategies interleaved batch by batch, in reverse order every
+other repeat).
 
 Prints a table (strategy x category: tokens/s, speedup over ``ar``, accepted length, tree
 size, outputs identical to ``ar``), writes ``bench.json`` (rows, device, versions, command;
@@ -137,34 +139,41 @@ def run_bench(args) -> int:
     cells: dict[tuple[str, str], list[dict]] = {}
     records = []
     names: dict[str, tuple[str, int]] = {}  # row name -> (configuration, batch size), in run order
-    progress = tqdm(total=sum(len(runs) + (len(hf) * len(chunk) if batch == 1 else 0) for batch, _, chunk in chunks), desc="bench", unit="run")
+    repeats = args.repeats
+    progress = tqdm(total=repeats * sum(len(runs) + (len(hf) * len(chunk) if batch == 1 else 0) for batch, _, chunk in chunks),
+                    desc="bench", unit="run")
     for batch, category, chunk in chunks:
         ids = [chat_prompt_ids(tokenizer, row["prompt"]) for row in chunk]
-        references = None
-        for name, strategy, budget, allocation in runs:
-            if not allocation and batch == 1:  # one request: nothing to allocate, the same run as bastion
+        for repeat in range(repeats):
+            # Every other repeat runs the configurations in reverse order: a machine whose speed
+            # drifts over seconds (a shared VM's CPU) then weighs on each of them alike.
+            outputs = {}
+            for name, strategy, budget, allocation in runs if repeat % 2 == 0 else runs[::-1]:
                 progress.update()
-                continue
-            config = GenerationConfig(strategy=strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                      top_p=args.top_p, seed=args.seed, budget=budget, topk=args.topk,
-                                      record_topk=args.topk if strategy != "ar" else 0, batch_allocation=allocation,
-                                      stop_on_eos=eos is not None)
-            results = generate_batch(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=() if eos is None else (eos,))
-            references = [r.tokens for r in results] if strategy == "ar" else references
-            row_name = name if batch == 1 else f"{name} b{batch}"
-            names.setdefault(row_name, (name, batch))
-            cells.setdefault((row_name, category), []).append(_batch_cell(results, references))
-            records += [dict(r, strategy=name, batch=batch, category=category, prompt_id=row["id"])
-                        for row, result in zip(chunk, results) for r in result.rounds]
-            progress.update()
-        for name, lookup in hf if batch == 1 else []:
-            names.setdefault(name, (name, 1))
-            for prompt_ids, reference in zip(ids, references):
-                tokens, seconds = _hf_generate(model, prompt_ids, args.max_new_tokens, eos, lookup)
-                cell = {"prompts": 1, "new_tokens": len(tokens), "seconds": seconds, "rounds": 0,
-                        "mean_accept_len": 0.0, "mean_tree_size": 0.0, "identical_to_ar": int(tokens == reference)}
-                cells.setdefault((name, category), []).append(cell)
-                progress.update()
+                if not allocation and batch == 1:  # one request: nothing to allocate, the same run as bastion
+                    continue
+                config = GenerationConfig(strategy=strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                          top_p=args.top_p, seed=args.seed, budget=budget, topk=args.topk,
+                                          record_topk=args.topk if strategy != "ar" else 0, batch_allocation=allocation,
+                                          stop_on_eos=eos is not None)
+                outputs[name] = generate_batch(model, ids, config, drafter=drafter, latency=latency,
+                                               eos_token_ids=() if eos is None else (eos,))
+            references = [r.tokens for r in outputs["ar"]]
+            for name in (name for name, *_ in runs if name in outputs):  # rows in the table's order
+                results = outputs[name]
+                row_name = name if batch == 1 else f"{name} b{batch}"
+                names.setdefault(row_name, (name, batch))
+                cells.setdefault((row_name, category), []).append(_batch_cell(results, references))
+                records += [dict(r, strategy=name, batch=batch, category=category, prompt_id=row["id"], repeat=repeat)
+                            for row, result in zip(chunk, results) for r in result.rounds]
+            for name, lookup in hf if batch == 1 else []:
+                names.setdefault(name, (name, 1))
+                for prompt_ids, reference in zip(ids, references):
+                    tokens, seconds = _hf_generate(model, prompt_ids, args.max_new_tokens, eos, lookup)
+                    cell = {"prompts": 1, "new_tokens": len(tokens), "seconds": seconds, "rounds": 0,
+                            "mean_accept_len": 0.0, "mean_tree_size": 0.0, "identical_to_ar": int(tokens == reference)}
+                    cells.setdefault((name, category), []).append(cell)
+                    progress.update()
     progress.close()
 
     table = {}
@@ -183,7 +192,7 @@ def run_bench(args) -> int:
         "device": device_name(model.device),
         "torch": torch.__version__, "python": platform.python_version(), "dtype": str(model.dtype).removeprefix("torch."),
         "max_new_tokens": args.max_new_tokens, "stop_on_eos": not args.ignore_eos, "temperature": args.temperature, "topk": args.topk,
-        "batch_sizes": batch_sizes, "speedup_baseline": ar_name,
+        "batch_sizes": batch_sizes, "speedup_baseline": ar_name, "repeats": repeats,
         "prompts": [r["id"] for r in prompts],
     }
     rows = [dict(strategy=names[n][0], batch=names[n][1], name=n, category=c, **v) for (n, c), v in table.items()]

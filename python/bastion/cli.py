@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ignore-eos", action="store_true",
                    help="decode every request to --max-new-tokens: every strategy then does the same work, where in "
                         "bf16 a near-tie can end an answer elsewhere and, in a batch, change how many requests share each round")
+    b.add_argument("--repeats", type=positive_int, default=1,
+                   help="run every batch this many times, the strategies in reverse order every other time; rows sum "
+                        "every repeat (their prompts and same-as-ar counts are request runs), records carry the repeat")
     b.add_argument("--out", default="bench/results", help="directory for bench.json, bench.png and records")
     add_model_args(b)
     add_decode_args(b)
