@@ -47,6 +47,11 @@ from .surrogate import AcceptCalibrator, surrogate_accept
 # 46-48 ms later at batch 4 on the CPU): their median held T_plain 26% high, and a batch that
 # drafted every round from then on drafted 79 rounds at an estimated 1.17 that realised 0.82.
 PLAIN_EVERY = 16
+# ... unless the last round's estimate is too far above 1 for an error of T_plain this large to
+# bring it under: such a measurement decides nothing, and where trees pay 1.7x (an oracle
+# drafter in fp32 on an AVX2 CPU) each one lost 0.4 of a step, 1% of the time over two a request.
+# 0.3: the cold steps' median above held T_plain 26% high.
+PLAIN_ERROR = 0.3
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,7 @@ class _CostAware(Policy):
         self._plans = 0  # rounds planned
         self._plain_measured = False  # whether a plain step's time has come back (observe_time)
         self._drafted_in_a_row = 0  # consecutive rounds in which some request drafted
+        self._last_estimate: float | None = None  # the lowest estimated speedup of the last round with trees
         # Total nodes of the rounds with trees: a mean over them (weighted sum, weight), the
         # weights fading by the floor's decay.
         self._tree_nodes = (0.0, 0.0)
@@ -213,10 +219,15 @@ class _CostAware(Policy):
         # than the guessed step. So the second round is a plain step, whatever the trees.
         self._plans += 1
         plain = (not self._plain_measured and self._plans == 2) or (
-            self._drafted_in_a_row >= PLAIN_EVERY and self._plain_samples_short())
+            self._drafted_in_a_row >= PLAIN_EVERY and self._plain_samples_short() and self._plain_step_decides())
         draft, probe = self.floor.plan(live, plain=plain, remaining=remaining)
         self._drafted_in_a_row = self._drafted_in_a_row + 1 if any(draft) else 0
         return draft, probe
+
+    def _plain_step_decides(self) -> bool:
+        """Whether a T_plain off by ``PLAIN_ERROR`` could bring the last round's estimate under 1
+        (True before any estimate)."""
+        return self._last_estimate is None or self._last_estimate * (1.0 - PLAIN_ERROR) < 1.0
 
     def _plain_samples_short(self) -> bool:
         """Whether the plain steps' correction holds fewer than a window of measurements."""
@@ -260,7 +271,11 @@ class _CostAware(Policy):
         round_s = self.latency.round_estimate(total / weight if weight else 1.0, sum(context_lens) / len(context_lens), len(n_nodes))
         if plain_seconds is None:
             plain_seconds = self.plain_seconds(context_lens)
-        return self.floor.judge(expected_accept, accepted, round_s, plain_seconds, each=self._judge_each)
+        estimates = self.floor.judge(expected_accept, accepted, round_s, plain_seconds, each=self._judge_each)
+        judged = [e for e in estimates if e is not None]
+        if judged:
+            self._last_estimate = min(judged)
+        return estimates
 
     def plain_seconds(self, context_lens: list[int]) -> float:
         """The measured plain steps' estimate; before the first one, the lower of the latency

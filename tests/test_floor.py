@@ -75,12 +75,13 @@ def test_floor_engages_when_no_tree_pays(policy_type):
     # own: with one budget allocated across the batch, only the round is judged, below.)
     policy = policy_type(latency(0.1), 16, batch=2, **({"batch_allocation": False} if policy_type is Bastion else {}))
     history = run_rounds(policy, ["flat", "sure"], 140)
-    # The flat drafter: the first round and probes after waits of (1 - S) / (0.48 * 0.01) = 108
-    # plain rounds (S = 0.48, T_plain / T_round = 0.48), each ending on a multiple of
-    # PROBE_GRID = 8 rounds (two requests in flight): its probes cost about 1% of the time.
-    assert drafted_rounds(history, 0) == [0, 112]
+    # The flat drafter: the first round; after that one unsure tree a probe within PROBE_GRID
+    # rounds, ending on a multiple of it (two requests in flight); then waits of
+    # (1 - S) / (0.48 * 0.01) = 108 plain rounds (S = 0.48, T_plain / T_round = 0.48): its probes
+    # cost about 1% of the time.
+    assert drafted_rounds(history, 0) == [0, 16, 128]
     assert all(history[r][1][0] for r in drafted_rounds(history, 0))  # each of them a probe
-    assert all(history[r][2][0] == pytest.approx(0.482, abs=1e-3) for r in drafted_rounds(history, 0))
+    assert all(history[r][2][0] == pytest.approx(0.482, abs=5e-3) for r in drafted_rounds(history, 0))
     # The sure drafter beside it keeps drafting every round, and its trees are estimated to pay.
     assert drafted_rounds(history, 1) == list(range(140))
     assert all(estimates[1] > 1 for _, _, estimates in history)
@@ -418,6 +419,27 @@ def test_plain_steps_are_measured_while_a_run_of_trees_lasts_until_a_window_is_h
     assert all(policy.plan([64]).draft[0] for _ in range(3 * PLAIN_EVERY))
 
 
+def test_a_plain_step_is_measured_only_where_its_error_could_flip_the_estimate():
+    """The runs of trees are broken by a plain step only while an error of PLAIN_ERROR in
+    T_plain could bring the last estimate under 1: trees estimated well above that draft on
+    (the first plain step, whatever the trees, still measures T_plain)."""
+    from bastion_ext.policy import PLAIN_ERROR, PLAIN_EVERY
+
+    def plain_rounds(estimate):
+        policy = Bastion(latency(0.01), 16)
+        policy.floor.judge = lambda *args, **kwargs: [estimate]
+        plain = []
+        for r in range(3 * PLAIN_EVERY):
+            draft = policy.plan([64]).draft[0]
+            policy.judge([4 if draft else 0], [1.0], [0], [64])
+            policy.observe_time(4 if draft else 0, 64, 0.05)
+            plain += [] if draft else [r]
+        return plain
+
+    assert plain_rounds(1.1) == [1, PLAIN_EVERY + 2, 2 * PLAIN_EVERY + 3]
+    assert plain_rounds(1.0 / (1.0 - PLAIN_ERROR) + 0.01) == [1]
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_any_sequence_of_plans_judgements_and_joins_keeps_the_floor_whole(seed):
     """Random batches, live masks, forced plain rounds, token limits, surrogates, outcomes, times and
@@ -457,6 +479,30 @@ def test_judge_takes_the_plain_step_estimate_the_caller_has():
     assert estimates[0] == estimates[1] and estimates[2][0] < estimates[1][0]
 
 
+def test_a_stop_on_one_unsure_tree_waits_a_probe_grid_at_most():
+    """One flat tree says how unsure the drafter was at one position: the stop it causes waits
+    PROBE_GRID rounds at most, and so does its review when the tree's outcome (nothing, of
+    next to nothing expected) comes. A second flat tree, or a first confident tree that missed
+    (evidence), stops for the full wait."""
+    flat = SpeedupFloor(1)
+    flat.plan()
+    flat.judge([0.001], [0], 2.0, 1.0)  # a round twice a plain step: S = 0.5
+    assert flat._wait[0] == PROBE_GRID
+    flat.plan()
+    flat.judge([0.0], [0], 2.0, 1.0)  # a plain round: the review
+    assert flat._wait[0] == PROBE_GRID - 1
+    while not flat.plan()[0][0]:
+        flat.judge([0.0], [0], 2.0, 1.0)
+    flat.judge([0.001], [0], 2.0, 1.0)  # the second flat tree
+    assert flat._wait[0] > 4 * PROBE_GRID
+    wrong = SpeedupFloor(1)
+    wrong.plan()
+    assert wrong.judge([2.5], [0], 2.0, 1.0) == [pytest.approx(1.75)]  # sure of 2.5 tokens: drafts on
+    wrong.plan(plain=True)
+    wrong.judge([0.0], [0], 2.0, 1.0)  # it accepted none of them: a stop on evidence
+    assert wrong._wait[0] > 4 * PROBE_GRID
+
+
 def test_a_request_near_its_limit_ends_in_plain_steps():
     """A stop's wait spaces the probes; a request with fewer than that many rounds left after
     its next probe, none of whose rounds has paid, takes no probe: it ends in plain steps. Far from its limit, or with no limit
@@ -465,7 +511,9 @@ def test_a_request_near_its_limit_ends_in_plain_steps():
     def stopped(remaining):
         floor = SpeedupFloor(1)
         floor.plan(remaining=remaining)
-        floor.judge([0.1], [0], 2.0, 1.0)  # a flat tree in a round twice a plain step
+        floor.judge([0.1], [0], 1.0, 1.0)  # a flat tree in a round as quick as a plain step
+        floor.plan(remaining=remaining)
+        floor.judge([0.1], [0], 2.0, 1.0)  # a second in a round twice a plain step: a stop
         return floor
 
     def first_probe(floor, remaining):
