@@ -42,6 +42,18 @@ def smollm2():
     return load_target(TEST_MODEL, device=device)
 
 
+@pytest.fixture
+def embedded(monkeypatch, smollm2):
+    """Make ``bastion.models.load_target()`` of the embedded model (path None) return the
+    session's model: code that loads it (the CLI, the README's example) runs without a second
+    load. Other paths load as usual."""
+    import bastion.models
+
+    real = bastion.models.load_target
+    monkeypatch.setattr(bastion.models, "load_target", lambda path=None, **kw: smollm2 if path is None else real(path, **kw))
+    return smollm2
+
+
 def chat_ids(tokenizer, text):
     """Prompt token ids of one user turn through the chat template."""
     ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)

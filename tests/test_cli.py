@@ -9,22 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import bastion.models
 from bastion.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def embedded(monkeypatch, smollm2):
-    """Make the CLI's embedded-model load return the session's model (no second load)."""
-    real = bastion.models.load_target
-
-    def load(path=None, **kwargs):
-        return smollm2 if path is None else real(path, **kwargs)
-
-    monkeypatch.setattr(bastion.models, "load_target", load)
-    return smollm2
 
 
 def run_main(argv):

@@ -82,13 +82,6 @@ def test_a_truncated_gguf_is_named(tmp_path, capsys):
         f"bastion: error: cannot load the model {cut}: not a complete GGUF file (truncated or corrupt)")
 
 
-@pytest.fixture
-def embedded(monkeypatch, smollm2):
-    real = bastion.models.load_target
-    monkeypatch.setattr(bastion.models, "load_target", lambda path=None, **kw: smollm2 if path is None else real(path, **kw))
-    return smollm2
-
-
 @pytest.mark.model
 def test_an_overlong_prompt_is_named_before_anything_runs(embedded, monkeypatch, tmp_path, capsys):
     calls = []
@@ -136,15 +129,18 @@ def test_a_failed_run_keeps_out_and_its_finished_results(embedded, monkeypatch, 
 
 
 @pytest.mark.parametrize("delay", [1.0, 6.0], ids=["importing", "loading"])
-def test_ctrl_c_prints_one_line_and_exits_130(delay):
-    """SIGINT while torch imports (before ``main`` runs) or while the model loads."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), str(ROOT)]), HF_HUB_OFFLINE="1")
+def test_ctrl_c_prints_one_line_and_exits_130(delay, tmp_path):
+    """SIGINT while torch imports (before ``main`` runs) or while the model loads: from its
+    GGUF (an empty cache: 20-30 s), the interrupted conversion leaving no copy behind."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), str(ROOT)]), HF_HUB_OFFLINE="1",
+               XDG_CACHE_HOME=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", "bastion", "generate", "hi", "--strategy", "ar"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip() == "bastion: interrupted"
+    assert not list(tmp_path.glob("bastion/models/*"))
 
 
 def test_an_interrupt_before_main_s_own_handler_ends_with_one_line(monkeypatch, capsys):

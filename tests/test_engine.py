@@ -270,5 +270,33 @@ def test_divergence_measures_a_planted_difference(smollm2):
     found = first_divergence(model, ids, ar, flipped)
     assert (found.index, found.ar_token, found.other_token) == (5, ar[5], flipped[5])
     assert found.ar_gap >= 0 and 0 <= found.step_vs_forward < 1e-2
-    assert found.near_tie == (found.ar_gap <= found.step_vs_forward)
+    assert found.near_tie == (max(found.ar_gap, found.other_gap) <= found.step_vs_forward) and not found.near_tie
     assert "new token 5" in found.describe(model.dtype)
+
+
+@pytest.mark.model
+def test_divergence_of_a_sample_measures_its_uniform_against_the_cdf(smollm2):
+    """At T > 0 first_divergence measures the uniform's distance to the nearer end of ar's
+    token's CDF interval (computed here apart from the module) against the step-vs-forward CDF
+    difference; a planted flip to a far token is no near-tie."""
+    from bastion.engine.divergence import first_divergence
+    from bastion.engine.sampling import Sampler
+    from bastion.engine.uniforms import counter_uniforms
+
+    model, tokenizer = smollm2
+    ids = chat_ids(tokenizer, PROMPTS[1])
+    config = GenerationConfig(strategy="ar", max_new_tokens=8, stop_on_eos=False, temperature=0.8, seed=4)
+    ar = generate(model, ids, config).tokens
+    sampler = Sampler(0.8, 1.0, 4)
+    flipped = ar[:5] + [(ar[5] + 1000) % model.config.vocab_size] + ar[6:]
+    found = first_divergence(model, ids, ar, flipped, sampler=sampler, request=0)
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids + ar[:5]])).logits[0, -1].double()
+    cdf = torch.softmax(logits / 0.8, -1).cumsum(-1)
+    u = float(counter_uniforms(4, torch.tensor([0]), torch.tensor([[len(ids) + 5]]))[0, 0])
+    gap = min(u - float(cdf[ar[5] - 1]), float(cdf[ar[5]]) - u)
+    assert (found.index, found.measure) == (5, "CDF")
+    other_gap = max(float(cdf[flipped[5] - 1]) - u, u - float(cdf[flipped[5]]), 0.0)
+    assert abs(found.ar_gap - gap) < 1e-5 and abs(found.other_gap - other_gap) < 1e-5 and 0 <= found.step_vs_forward < 1e-4
+    assert found.near_tie == (max(found.ar_gap, found.other_gap) <= max(found.step_vs_forward, found.resolution))
+    assert not found.near_tie and "CDF difference" in found.describe(model.dtype)

@@ -11,6 +11,7 @@ from bastion_ext.latency import OnlineCorrection
 from bastion.drafter.oracle import OracleDrafter
 from bastion.engine import GenerationConfig, generate, generate_batch
 from conftest import chat_ids
+from sampled_equality import assert_equal_up_to_sampling_rounding
 from test_engine import PROMPTS, random_dflash_drafter
 
 NEW_TOKENS = 48
@@ -77,11 +78,13 @@ def test_a_perfect_drafter_never_falls_back(smollm2, references, cpu_latency, st
 def test_a_mixed_batch_steps_aside_per_request(smollm2, references, cpu_latency, temperature):
     """Request 0 has the oracle (its greedy continuation), request 1 only noise: at T = 0
     request 0 drafts every round while request 1 verifies just its root in some of them, and
-    both emit ar's tokens (at T = 0.8 those of ar on the same batch and seed: each request
-    keeps the uniforms of its index). (The noise drafter costs next to nothing, so once alone
-    request 1's one-node probes may pay as well as plain steps: no bound on them here.) Each
-    tree is cut on its own: with one budget across the batch the allocation sizes request 1's
-    tree, and the floor judges the round as one."""
+    both emit ar's tokens (at T = 0.8 those of ar on the same batch and seed, each request
+    keeping the uniforms of its index, up to a uniform within rounding of its token's CDF
+    interval's end: the floor's timing-driven rounds change the forwards' shapes from run to
+    run). (The noise drafter costs next to nothing, so once alone request 1's one-node probes
+    may pay as well as plain steps: no bound on them here.) Each tree is cut on its own: with
+    one budget across the batch the allocation sizes request 1's tree, and the floor judges
+    the round as one."""
     model, _ = smollm2
     (ids0, greedy0), (ids1, _) = references[:2]
     drafter = OracleDrafter([ids0 + greedy0, []], model.config.vocab_size, hit=1.0, second=0.0)
@@ -89,8 +92,10 @@ def test_a_mixed_batch_steps_aside_per_request(smollm2, references, cpu_latency,
                               batch_allocation=False)
     ar = generate_batch(model, [ids0, ids1], dataclasses.replace(config, strategy="ar"))
     first, second = generate_batch(model, [ids0, ids1], config, drafter=drafter, latency=fresh(cpu_latency))
-    assert (first.tokens, second.tokens) == (ar[0].tokens, ar[1].tokens)
-    if temperature == 0:
+    if temperature > 0:
+        assert_equal_up_to_sampling_rounding(model, [ids0, ids1], [r.tokens for r in ar], [first.tokens, second.tokens], config)
+    else:
+        assert (first.tokens, second.tokens) == (ar[0].tokens, ar[1].tokens)
         assert drafted(first) == [r for r in range(len(first.rounds)) if r != 1]  # round 1: the measured plain step
         mixed = [r for r in range(len(first.rounds)) if not second.rounds[r]["drafted"]]
         assert mixed, drafted(second)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from host_reads import count_host_reads
+from sampled_equality import assert_equal_up_to_sampling_rounding
 
 from bastion.engine import STRATEGIES, GenerationConfig, generate, generate_batch, open_batch
 from bastion.engine.rounds import PlainRound, Rounds, TreeRound
@@ -53,13 +54,14 @@ def test_requests_joining_mid_run_equal_their_batch1_ar(smollm2, stopping, draft
 
 @pytest.mark.model
 def test_sampling_with_joining_equals_all_at_once(smollm2, stopping, drafter, cpu_latency):
-    """At T > 0 a token's uniform is keyed by its request and position, never its slot."""
+    """At T > 0 a token's uniform is keyed by its request and position, never its slot (the
+    two runs' tokens part only where a uniform lies within rounding of a CDF interval's end)."""
     model, _ = smollm2
     prompts, eos = stopping
     config = GenerationConfig(strategy="bastion", max_new_tokens=TOKENS, temperature=0.8, seed=5)
     together = generate_batch(model, prompts, config, drafter=drafter, latency=cpu_latency, eos_token_ids=eos)
     joining = generate_batch(model, prompts, config, drafter=drafter, latency=cpu_latency, eos_token_ids=eos, batch_size=2)
-    assert [r.tokens for r in joining] == [r.tokens for r in together]
+    assert_equal_up_to_sampling_rounding(model, prompts, [r.tokens for r in together], [r.tokens for r in joining], config)
 
 
 def storage(batch) -> dict[str, int]:

@@ -20,7 +20,9 @@ def test_the_example_is_a_short_loop():
 
 
 @pytest.mark.model
-def test_the_readme_loop_equals_ar(capsys):
+def test_the_readme_loop_equals_ar(embedded, capsys):
+    """The example's ``load_target()`` returns the session's embedded model (the fixture loads
+    it with the same call), so the loop runs without a second load."""
     from bastion.engine import GenerationConfig, generate
 
     namespace = {}

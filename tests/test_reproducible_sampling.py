@@ -1,11 +1,13 @@
 """A seed reproduces a sample (issue 19): the uniforms are keyed by (seed, request, absolute
-position), so at T > 0 every strategy and tree size emits exactly ``ar``'s tokens in fp32
-(sample-and-match accepts only the target's own samples, drawn with ar's uniforms)."""
+position), so at T > 0 every strategy and tree size emits ``ar``'s tokens in fp32
+(sample-and-match accepts only the target's own samples, drawn with ar's uniforms), up to a
+uniform that lies within the verify-vs-step rounding of its token's CDF interval's end."""
 
 import pytest
 import torch
 
 from conftest import FULL, chat_ids
+from sampled_equality import assert_equal_up_to_sampling_rounding
 
 from bastion.engine import GenerationConfig, generate, generate_batch
 from bastion.engine.uniforms import counter_uniforms
@@ -69,8 +71,10 @@ def test_every_strategy_samples_ars_tokens_at_batch_1(sampling_case, cpu_latency
     for index, ids in [(i, prompts[i]) for i in chosen]:
         ar = generate(model, ids, _config("ar", None, seed)).tokens
         for strategy, budget in CONFIGS:
-            got = generate(model, ids, _config(strategy, budget, seed), drafter=drafter, latency=cpu_latency).tokens
-            assert got == ar, f"{strategy} budget {budget}, prompt {index}, seed {seed}"
+            config = _config(strategy, budget, seed)
+            got = generate(model, ids, config, drafter=drafter, latency=cpu_latency).tokens
+            assert_equal_up_to_sampling_rounding(model, [ids], [ar], [got], config,
+                                                 f"{strategy} budget {budget}, prompt {index}, seed {seed}")
 
 
 @pytest.mark.model
@@ -82,8 +86,9 @@ def test_every_strategy_samples_ars_tokens_at_batch_4(sampling_case, cpu_latency
     ar = [r.tokens for r in generate_batch(model, prompts, _config("ar", None, seed))]
     assert len({tuple(t) for t in ar}) == len(ar)
     for strategy, budget in CONFIGS:
-        got = generate_batch(model, prompts, _config(strategy, budget, seed), drafter=drafter, latency=cpu_latency)
-        assert [r.tokens for r in got] == ar, f"{strategy} budget {budget}, seed {seed}"
+        config = _config(strategy, budget, seed)
+        got = generate_batch(model, prompts, config, drafter=drafter, latency=cpu_latency)
+        assert_equal_up_to_sampling_rounding(model, prompts, ar, [r.tokens for r in got], config, f"{strategy} budget {budget}, seed {seed}")
 
 
 @pytest.mark.model

@@ -1,5 +1,6 @@
 """``python -m bastion`` and the ``bastion`` command (``run``)."""
 
+import os
 import sys
 import threading
 import _thread
@@ -20,7 +21,7 @@ def _deliver_lost_interrupt(unraisable) -> None:
 
 
 def run() -> int:
-    """The command's entry point: ``bastion.cli.main``, imported here so that a Ctrl-C while
+    """The command's body, returning its exit code: ``bastion.cli.main``, imported here so that a Ctrl-C while
     torch and transformers import (seconds) ends with one line, not a traceback. Nothing of
     the package is imported before the ``try``: the window of a bare interrupt is the
     interpreter's own start. ``main`` is called inside it too: it parses its options before
@@ -38,5 +39,24 @@ def run() -> int:
         return EXIT_INTERRUPTED
 
 
+def command() -> None:
+    """The ``bastion`` command and ``python -m bastion``: ``run``, then exit with its code.
+    After a Ctrl-C the process ends at once, its streams flushed (``os._exit``): CPython 3.11
+    marks an interrupt that lands in ``exec`` of a string (a dataclass being made while torch
+    imports) as unhandled although ``run`` caught it, and its shutdown then ends the process by
+    SIGINT (-2) instead of 130 (one Ctrl-C in six, 1 s in, with an empty cache)."""
+    code = run()
+    from bastion.cli_support import EXIT_INTERRUPTED  # imported by run(), or light: no torch
+
+    if code == EXIT_INTERRUPTED:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing left to deliver
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(run())
+    command()

@@ -16,6 +16,7 @@ from bastion_ext.latency import (LatencyModel, ModelSpec, RooflineModel, fit_roo
 from bastion_ext.latency.calibration import VerifyGrid
 from bastion_ext.timing import time_us
 
+from .cache import cache_dir
 from .engine.target import TargetCache
 from .outputs import AtomicLines
 
@@ -26,9 +27,8 @@ QUICK_RUNS = 3  # runs whose quick measurements are pooled before the calibratio
 
 def default_path(model) -> Path:
     """Where a calibration of ``model`` on its device is kept between runs."""
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bastion" / "latency"
     name = Path(str(getattr(model.config, "_name_or_path", "") or model.config.model_type)).name
-    return root / f"{name}-{model.config.num_hidden_layers}L-{model.device.type}-{model.dtype}.json".replace("torch.", "")
+    return cache_dir("latency") / f"{name}-{model.config.num_hidden_layers}L-{model.device.type}-{model.dtype}.json".replace("torch.", "")
 
 
 def _verify_forward_fn(model, n_max: int):

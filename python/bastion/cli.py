@@ -250,13 +250,15 @@ def cmd_generate(args) -> int:
         print(format_summary("ar", baseline.summary()))
         same = "identical to ar" if baseline.tokens == result.tokens else (
             "differs from ar (at temperature > 0 the same seed gives ar's tokens up to near-ties "
-            "of the target's probabilities, which bf16 rounding can flip)"
+            "of the target's probabilities, which rounding can flip)"
             if args.temperature > 0 else "DIFFERS from ar")
         print(f"speedup of {args.strategy} over ar: {result.tokens_per_s / baseline.tokens_per_s:.2f}x; output {same}")
-        if args.temperature == 0 and baseline.tokens != result.tokens:
+        if baseline.tokens != result.tokens:
             from .engine.divergence import first_divergence
+            from .engine.sampling import Sampler
 
-            divergence = first_divergence(model, ids, baseline.tokens, result.tokens)
+            sampler = Sampler(args.temperature, args.top_p, args.seed)
+            divergence = first_divergence(model, ids, baseline.tokens, result.tokens, sampler=sampler)
             if divergence is not None:
                 print(divergence.describe(model.dtype))
     return 0
