@@ -154,7 +154,8 @@ def test_bench_batch_sizes(embedded, tmp_path):
 @pytest.mark.model
 def test_bench_repeats_alternate_the_order_and_sum_every_run(embedded, drafter_dir, tmp_path, monkeypatch):
     """--repeats 2: each batch runs ar, ddtree, then ddtree, ar (a drifting machine weighs on
-    both alike); rows count every run and compare each with ar's run of the same repeat."""
+    both alike); rows count every run and compare each with ar's run of the same repeat; the
+    JSON lists every run in the order it ran (for paired comparisons)."""
     import bastion.bench
 
     order = []
@@ -179,6 +180,11 @@ def test_bench_repeats_alternate_the_order_and_sum_every_run(embedded, drafter_d
     assert rows[("ar", "all")]["new_tokens"] == 2 * 4
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert {r["repeat"] for r in records} == {0, 1}
+    runs = result["runs"]
+    assert [(r["name"], r["repeat"], r["new_tokens"]) for r in runs] == [("ar", 0, 4), ("ddtree@2", 0, 4), ("ddtree@2", 1, 4), ("ar", 1, 4)]
+    assert sum(r["seconds"] for r in runs if r["name"] == "ar") == pytest.approx(rows[("ar", "all")]["seconds"])
+    categories = {c for (_, c) in rows} - {"all"}
+    assert all(r["prompt_ids"] == result["meta"]["prompts"] and {r["category"]} == categories for r in runs)
 
 
 @pytest.mark.model

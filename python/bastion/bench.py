@@ -138,6 +138,7 @@ def run_bench(args) -> int:
               for group in [[r for r in prompts if r["category"] == c]] for i in range(0, len(group), batch)]
     cells: dict[tuple[str, str], list[dict]] = {}
     records = []
+    runs_made = []  # one per generate_batch call, in the order they ran (paired comparisons)
     names: dict[str, tuple[str, int]] = {}  # row name -> (configuration, batch size), in run order
     repeats = args.repeats
     progress = tqdm(total=repeats * sum(len(runs) + (len(hf) * len(chunk) if batch == 1 else 0) for batch, _, chunk in chunks),
@@ -158,6 +159,9 @@ def run_bench(args) -> int:
                                           stop_on_eos=eos is not None)
                 outputs[name] = generate_batch(model, ids, config, drafter=drafter, latency=latency,
                                                eos_token_ids=() if eos is None else (eos,))
+                runs_made.append({"name": name if batch == 1 else f"{name} b{batch}", "category": category, "repeat": repeat,
+                                  "prompt_ids": [row["id"] for row in chunk], "seconds": outputs[name][0].total_s,
+                                  "new_tokens": sum(len(r.tokens) for r in outputs[name])})
             references = [r.tokens for r in outputs["ar"]]
             for name in (name for name, *_ in runs if name in outputs):  # rows in the table's order
                 results = outputs[name]
@@ -196,7 +200,7 @@ def run_bench(args) -> int:
         "prompts": [r["id"] for r in prompts],
     }
     rows = [dict(strategy=names[n][0], batch=names[n][1], name=n, category=c, **v) for (n, c), v in table.items()]
-    (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": runs_made}, indent=1))
     with open(out_dir / "rounds.jsonl", "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
