@@ -32,17 +32,20 @@ def stopping(eval_ar_outputs):
     return prompts, eos
 
 
-def batch1_ar(model, prompts, eos):
+@pytest.fixture(scope="module")
+def batch1_ar(smollm2, stopping):
+    """Each prompt's batch-1 ar output with the stop token (computed once for the module)."""
+    prompts, eos = stopping
     config = GenerationConfig(strategy="ar", max_new_tokens=TOKENS)
-    return [generate(model, p, config, eos_token_ids=eos).tokens for p in prompts]
+    return [generate(smollm2[0], p, config, eos_token_ids=eos).tokens for p in prompts]
 
 
 @pytest.mark.model
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_requests_joining_mid_run_equal_their_batch1_ar(smollm2, stopping, drafter, cpu_latency, strategy):
+def test_requests_joining_mid_run_equal_their_batch1_ar(smollm2, stopping, batch1_ar, drafter, cpu_latency, strategy):
     model, _ = smollm2
     prompts, eos = stopping
-    expected = batch1_ar(model, prompts, eos)
+    expected = batch1_ar
     assert len({len(t) for t in expected}) > 1, "the answers must end at different lengths"
     config = GenerationConfig(strategy=strategy, max_new_tokens=TOKENS, budget=8)
     finished = []
@@ -79,11 +82,11 @@ def storage(batch) -> dict[str, int]:
 
 @pytest.mark.model
 @pytest.mark.parametrize("strategy", ["ddtree", "bastion"])
-def test_joining_and_leaving_move_no_storage_and_read_the_host_once_per_round(smollm2, stopping, drafter, cpu_latency,
-                                                                               strategy, monkeypatch):
+def test_joining_and_leaving_move_no_storage_and_read_the_host_once_per_round(smollm2, stopping, batch1_ar, drafter,
+                                                                               cpu_latency, strategy, monkeypatch):
     model, _ = smollm2
     prompts, eos = stopping
-    expected = batch1_ar(model, prompts, eos)
+    expected = batch1_ar
     seen, rounds_started = [], []
     next_round = Rounds.next
 
