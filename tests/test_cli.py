@@ -228,3 +228,21 @@ def test_summary_line_reports_the_speedup_floor():
     line = format_summary("bastion", summary)
     assert "2 rounds drafted, 2 plain, 1 probes" in line and "estimated 1.75x, realised 1.50x" in line
     assert "rounds drafted" not in format_summary("ddtree", GenerationResult([1], 10, 0.1, 1.0, [record(8, 0, False, None)]).summary())
+
+
+def test_bench_plot_draws_every_batch_size(tmp_path):
+    """bench.png holds the ddtree sweep and the realised points at every batch size (a run at
+    batch 4 alone once drew an empty figure: it looked for the batch-1 rows only)."""
+    from bastion.bench import plot
+
+    def row(size, speedup):
+        return {"mean_tree_size": size, "speedup_vs_ar": speedup}
+
+    table = {("ar b4", "all"): row(0.0, 1.0), ("ddtree@2 b4", "all"): row(2.0, 0.8), ("ddtree@4 b4", "all"): row(4.0, 0.7),
+             ("bastion b4", "all"): row(0.1, 0.98), ("bastion", "all"): row(3.0, 1.2), ("ar", "all"): row(0.0, 1.0)}
+    names = {"ar": ("ar", 1), "bastion": ("bastion", 1), "ar b4": ("ar", 4), "ddtree@2 b4": ("ddtree@2", 4),
+             "ddtree@4 b4": ("ddtree@4", 4), "bastion b4": ("bastion", 4)}
+    labels = plot(table, names, [2, 4], tmp_path / "bench.png")
+    assert labels == ["ddtree b4 (fixed budget)", "bastion (realised)", "bastion b4 (realised)"]
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert plot({("ar", "all"): row(0.0, 1.0)}, {"ar": ("ar", 1)}, [], tmp_path / "ar.png") == []

@@ -204,7 +204,7 @@ def run_bench(args) -> int:
     with open(out_dir / "rounds.jsonl", "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
-    plot(table, budgets, out_dir / "bench.png")
+    plot(table, names, budgets, out_dir / "bench.png")
     print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'rounds.jsonl'}, {out_dir / 'bench.png'}")
     return 0
 
@@ -222,29 +222,39 @@ def format_table(table: dict, names: list[str], categories: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot(table: dict, budgets: list[int], path: Path) -> None:
-    """Speedup over ar vs mean tree size: the ddtree budget sweep as a line, the other
-    strategies as their realized points (all categories together)."""
+POINT_MARKERS = {"dflash": "s", "caddtree": "^", "bastion": "*", "bastion per-request": "P"}
+
+
+def plot(table: dict, names: dict[str, tuple[str, int]], budgets: list[int], path: Path) -> list[str]:
+    """Speedup over ar vs mean tree size (all categories together), at every batch size: the
+    ddtree budget sweep as a line, the other drafting strategies as their realised points.
+    names: row name -> (configuration, batch size), as the table's rows. Returns the labels
+    drawn (a run of ``ar`` alone draws none)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    sweep = [(table[(f"ddtree@{n}", "all")]["mean_tree_size"], table[(f"ddtree@{n}", "all")]["speedup_vs_ar"])
-             for n in budgets if (f"ddtree@{n}", "all") in table]
-    if sweep:
-        ax.plot(*zip(*sweep), "o-", label="ddtree (fixed budget)")
-    for name, marker in (("dflash", "s"), ("caddtree", "^"), ("bastion", "*")):
-        if (name, "all") in table:
-            a = table[(name, "all")]
-            ax.plot(a["mean_tree_size"], a["speedup_vs_ar"], marker, markersize=12 if name == "bastion" else 8, label=f"{name} (realized)")
+    for batch in sorted({b for _, b in names.values()}):
+        suffix = "" if batch == 1 else f" b{batch}"
+        sweep = [(table[(f"ddtree@{n}{suffix}", "all")]["mean_tree_size"], table[(f"ddtree@{n}{suffix}", "all")]["speedup_vs_ar"])
+                 for n in budgets if (f"ddtree@{n}{suffix}", "all") in table]
+        if sweep:
+            ax.plot(*zip(*sweep), "o-", label=f"ddtree{suffix} (fixed budget)")
+    for row, (config, _) in names.items():
+        if config in POINT_MARKERS:
+            a = table[(row, "all")]
+            ax.plot(a["mean_tree_size"], a["speedup_vs_ar"], POINT_MARKERS[config],
+                    markersize=12 if config == "bastion" else 8, label=f"{row} (realised)")
     ax.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("tree size (nodes per round)")
+    ax.set_xscale("log", base=2)  # a floor that mostly steps aside puts a mean tree under 1 node
+    ax.set_xlabel("mean tree size (nodes per request-round)")
     ax.set_ylabel("speedup over ar (tokens/s)")
-    if ax.get_legend_handles_labels()[0]:
+    labels = ax.get_legend_handles_labels()[1]
+    if labels:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return labels
