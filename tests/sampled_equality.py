@@ -5,7 +5,6 @@ its token's CDF interval (a verify forward and a plain step round the CDF differ
 
 from bastion.engine import GenerationConfig
 from bastion.engine.divergence import first_divergence
-from bastion.engine.sampling import Sampler
 
 
 def assert_equal_up_to_sampling_rounding(model, prompts: list[list[int]], expected: list[list[int]],
@@ -14,7 +13,7 @@ def assert_equal_up_to_sampling_rounding(model, prompts: list[list[int]], expect
     same strategy another way), or part from them first at a token whose uniform is within the
     step-vs-forward CDF difference of its interval's end. The request index (the uniforms'
     key) is the position in ``prompts``, as generate_batch numbers them."""
-    sampler = Sampler(config.temperature, config.top_p, config.seed)
+    sampler = config.sampler()
     assert len(got) == len(expected) == len(prompts), label
     for request, (ids, want, have) in enumerate(zip(prompts, expected, got)):
         if have == want:

@@ -30,6 +30,11 @@ from .prompts import load_prompts
 HF_PROMPT_LOOKUP_TOKENS = 10
 
 
+def row_name(configuration: str, batch: int) -> str:
+    """The table's name of a configuration's runs at one batch size ("bastion", "bastion b4")."""
+    return configuration if batch == 1 else f"{configuration} b{batch}"
+
+
 def _runs(strategies: list[str], budgets: list[int], per_request: bool) -> list[tuple[str, str, int | None, bool]]:
     """(row name, strategy, budget, batch allocation) of every configuration to time; ddtree
     once per budget; with ``per_request`` also bastion cutting each request's tree on its own."""
@@ -159,15 +164,15 @@ def run_bench(args) -> int:
                                           stop_on_eos=eos is not None)
                 outputs[name] = generate_batch(model, ids, config, drafter=drafter, latency=latency,
                                                eos_token_ids=() if eos is None else (eos,))
-                runs_made.append({"name": name if batch == 1 else f"{name} b{batch}", "category": category, "repeat": repeat,
+                runs_made.append({"name": row_name(name, batch), "category": category, "repeat": repeat,
                                   "prompt_ids": [row["id"] for row in chunk], "seconds": outputs[name][0].total_s,
                                   "new_tokens": sum(len(r.tokens) for r in outputs[name])})
             references = [r.tokens for r in outputs["ar"]]
             for name in (name for name, *_ in runs if name in outputs):  # rows in the table's order
                 results = outputs[name]
-                row_name = name if batch == 1 else f"{name} b{batch}"
-                names.setdefault(row_name, (name, batch))
-                cells.setdefault((row_name, category), []).append(_batch_cell(results, references))
+                label = row_name(name, batch)
+                names.setdefault(label, (name, batch))
+                cells.setdefault((label, category), []).append(_batch_cell(results, references))
                 records += [dict(r, strategy=name, batch=batch, category=category, prompt_id=row["id"], repeat=repeat)
                             for row, result in zip(chunk, results) for r in result.rounds]
             for name, lookup in hf if batch == 1 else []:
@@ -237,11 +242,10 @@ def plot(table: dict, names: dict[str, tuple[str, int]], budgets: list[int], pat
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for batch in sorted({b for _, b in names.values()}):
-        suffix = "" if batch == 1 else f" b{batch}"
-        sweep = [(table[(f"ddtree@{n}{suffix}", "all")]["mean_tree_size"], table[(f"ddtree@{n}{suffix}", "all")]["speedup_vs_ar"])
-                 for n in budgets if (f"ddtree@{n}{suffix}", "all") in table]
-        if sweep:
-            ax.plot(*zip(*sweep), "o-", label=f"ddtree{suffix} (fixed budget)")
+        rows = [table[(row_name(f"ddtree@{n}", batch), "all")] for n in budgets if (row_name(f"ddtree@{n}", batch), "all") in table]
+        if rows:
+            ax.plot([a["mean_tree_size"] for a in rows], [a["speedup_vs_ar"] for a in rows], "o-",
+                    label=f"{row_name('ddtree', batch)} (fixed budget)")
     for row, (config, _) in names.items():
         if config in POINT_MARKERS:
             a = table[(row, "all")]

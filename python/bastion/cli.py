@@ -255,10 +255,8 @@ def cmd_generate(args) -> int:
         print(f"speedup of {args.strategy} over ar: {result.tokens_per_s / baseline.tokens_per_s:.2f}x; output {same}")
         if baseline.tokens != result.tokens:
             from .engine.divergence import first_divergence
-            from .engine.sampling import Sampler
 
-            sampler = Sampler(args.temperature, args.top_p, args.seed)
-            divergence = first_divergence(model, ids, baseline.tokens, result.tokens, sampler=sampler)
+            divergence = first_divergence(model, ids, baseline.tokens, result.tokens, sampler=config.sampler())
             if divergence is not None:
                 print(divergence.describe(model.dtype))
     return 0

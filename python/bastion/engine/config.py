@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .sampling import Sampler
+
 
 @dataclass
 class GenerationConfig:
@@ -30,6 +32,10 @@ class GenerationConfig:
     stop_on_eos: bool = True
     batch_allocation: bool = True
     speedup_floor: bool = True
+
+    def sampler(self) -> Sampler:
+        """How this run picks its tokens (temperature, top_p, and the seed keying the uniforms)."""
+        return Sampler(self.temperature, self.top_p, self.seed)
 
 
 def check_context(model, prompt_len: int, max_new_tokens: int, draft_positions: int) -> None:

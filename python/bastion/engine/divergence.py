@@ -106,6 +106,7 @@ def _sampled_divergence(index: int, ar_token: int, other_token: int, step_logits
     step_cdf = sampler.probs(step_logits).cumsum(-1)
     forward_cdf = sampler.probs(forward_logits).cumsum(-1)
     u = float(sampler.uniforms(torch.tensor([request]), torch.tensor([[position]]))[0, 0])
+
     def interval(token: int) -> tuple[float, float]:
         return (float(step_cdf[token - 1]) if token > 0 else 0.0), float(step_cdf[token])
 

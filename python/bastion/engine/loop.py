@@ -42,7 +42,7 @@ def open_batch(model, prompts: list[list[int]], config: GenerationConfig, drafte
     capacity = max(len(p) for p in prompts) + config.max_new_tokens + positions + max_nodes + 2
     target = TargetCache(model, slots, capacity, feature_layers=tuple(drafter.target_layer_ids) if speculative else ())
     eos = set(eos_token_ids) if config.stop_on_eos else set()
-    batch = Batch(target, prompts, config.max_new_tokens, eos, on_tokens, Sampler(config.temperature, config.top_p, config.seed),
+    batch = Batch(target, prompts, config.max_new_tokens, eos, on_tokens, config.sampler(),
                   drafter if speculative else None, plan and plan.policy,
                   RoundRecords(positions, config.record_topk) if speculative else None, positions, max_nodes,
                   on_finish and (lambda request: on_finish(request.index, request.emitted, request.rounds)))
