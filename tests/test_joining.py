@@ -140,3 +140,50 @@ def test_every_phase_of_a_round_runs_alone(smollm2, eval_ar_outputs, drafter):
     assert batch.held.held == 1 and torch.equal(batch.state.lengths + 1, batch.target.lengths)
     batch.flush_held()  # the plain step's context reaches the drafter before it drafts again
     assert batch.held.held == 0 and torch.equal(batch.state.lengths, batch.target.lengths)
+
+
+def test_a_paused_clock_leaves_the_time_away_out(monkeypatch):
+    """RoundClock.pause .. resume: the span between is not the run's (``total_s``); the rounds
+    and the prefill keep their own marks."""
+    from bastion.engine import records
+
+    now = iter([0.0, 1.0, 2.0, 9.0, 10.0, 11.0, 12.0])  # start, prefill, pause, resume, round, commit, end
+    monkeypatch.setattr(records.time, "perf_counter", lambda: next(now))
+    clock = records.RoundClock("cpu")
+    clock.mark("start")
+    clock.mark("prefill")
+    clock.pause()
+    assert clock.paused
+    clock.resume()
+    assert not clock.paused
+    clock.mark("round")
+    clock.mark("commit")
+    clock.end_round("tag")
+    assert clock.finished() == [("tag", 1.0)]
+    times = clock.finish()
+    assert (times.prefill_s, times.total_s) == (1.0, 12.0 - 7.0)  # 7 s away
+
+
+@pytest.mark.model
+def test_runs_stepped_in_turn_equal_their_own_runs_and_time_their_own_rounds(smollm2, stopping, batch1_ar, drafter,
+                                                                             cpu_latency):
+    """``bastion bench --interleave``: ar and bastion stepped one round each in turn give each
+    run's own tokens, and each run's time is its own: the two add up to the wall time at
+    most, and bastion's is its prefill and its rounds, give or take the steps' bookkeeping."""
+    import time
+
+    from bastion.bench import run_interleaved
+
+    model, _ = smollm2
+    prompts, eos = stopping
+    longest = max(range(PROMPTS), key=lambda i: len(batch1_ar[i]))  # one request: its records are every round
+    configs = {s: GenerationConfig(strategy=s, max_new_tokens=TOKENS, budget=8) for s in ("ar", "bastion")}
+    start = time.perf_counter()
+    outputs = run_interleaved(model, [prompts[longest]], configs, drafter, cpu_latency, eos)
+    wall = time.perf_counter() - start
+    for results in outputs.values():
+        assert [r.tokens for r in results] == [batch1_ar[longest]]
+    assert outputs["ar"][0].total_s + outputs["bastion"][0].total_s <= wall
+    bastion = outputs["bastion"][0]
+    own = bastion.prefill_s + sum(r["t_draft"] + r["t_build"] + r["t_verify"] + r["t_commit"] for r in bastion.rounds)
+    assert own <= bastion.total_s <= 1.1 * own + 0.05

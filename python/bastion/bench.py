@@ -1,6 +1,6 @@
 """``bastion bench``: every strategy over the project's eval prompts, the same prompts, each
 batch ``--repeats`` times (strategies interleaved batch by batch, in reverse order every
-other repeat).
+other repeat; with ``--interleave``, round by round).
 
 Prints a table (strategy x category: tokens/s, speedup over ``ar``, accepted length, tree
 size, outputs identical to ``ar``), writes ``bench.json`` (rows, device, versions, command;
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from bastion_ext.ops import MAX_NODES
 
-from .engine import GenerationConfig, generate_batch
+from .engine import Decoding, GenerationConfig, generate_batch, open_batch
 from .engine.records import floor_summary
 from .machine import device_name
 from .models import chat_prompt_ids
@@ -106,6 +106,37 @@ def _aggregate(cells: list[dict]) -> dict:
     }
 
 
+def run_in_turn(model, ids: list[list[int]], configs: dict[str, GenerationConfig], drafter, latency,
+                eos_token_ids: tuple[int, ...]) -> dict[str, list]:
+    """Each configuration's run of the prompts ``ids``, one after another in the order of
+    ``configs``: {name: one GenerationResult per prompt}."""
+    return {name: generate_batch(model, ids, config, drafter=drafter, latency=latency, eos_token_ids=eos_token_ids)
+            for name, config in configs.items()}
+
+
+@torch.inference_mode()
+def run_interleaved(model, ids: list[list[int]], configs: dict[str, GenerationConfig], drafter, latency,
+                    eos_token_ids: tuple[int, ...]) -> dict[str, list]:
+    """:func:`run_in_turn`, the runs stepped in turn, one round of each (their prefills first):
+    each run's clock is paused while the others step, so its time is its own rounds', and a
+    machine whose speed drifts within seconds (a shared VM's CPU moved 7.4 to 10.9 s between
+    runs of the same 128 tokens) weighs on every configuration alike. The runs share the
+    weights and, on the CPU, the caches: a round follows another configuration's round, never
+    its own."""
+    steps = {name: Decoding(*open_batch(model, ids, config, drafter, latency, eos_token_ids)) for name, config in configs.items()}
+    running = {name: iter(decoding) for name, decoding in steps.items()}
+    while running:
+        for name, stepping in list(running.items()):
+            clock = steps[name].rounds.clock
+            if clock.paused:
+                clock.resume()
+            if next(stepping, StopIteration) is StopIteration:
+                del running[name]
+            else:
+                clock.pause()
+    return {name: decoding.results for name, decoding in steps.items()}
+
+
 def run_bench(args) -> int:
     from tqdm import tqdm
 
@@ -153,20 +184,21 @@ def run_bench(args) -> int:
         for repeat in range(repeats):
             # Every other repeat runs the configurations in reverse order: a machine whose speed
             # drifts over seconds (a shared VM's CPU) then weighs on each of them alike.
-            outputs = {}
+            configs = {}
             for name, strategy, budget, allocation in runs if repeat % 2 == 0 else runs[::-1]:
                 progress.update()
                 if not allocation and batch == 1:  # one request: nothing to allocate, the same run as bastion
                     continue
-                config = GenerationConfig(strategy=strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                          top_p=args.top_p, seed=args.seed, budget=budget, topk=args.topk,
-                                          record_topk=args.topk if strategy != "ar" else 0, batch_allocation=allocation,
-                                          stop_on_eos=eos is not None)
-                outputs[name] = generate_batch(model, ids, config, drafter=drafter, latency=latency,
-                                               eos_token_ids=() if eos is None else (eos,))
+                configs[name] = GenerationConfig(strategy=strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                                 top_p=args.top_p, seed=args.seed, budget=budget, topk=args.topk,
+                                                 record_topk=args.topk if strategy != "ar" else 0, batch_allocation=allocation,
+                                                 stop_on_eos=eos is not None)
+            decode = run_interleaved if args.interleave else run_in_turn
+            outputs = decode(model, ids, configs, drafter, latency, () if eos is None else (eos,))
+            for name, results in outputs.items():
                 runs_made.append({"name": row_name(name, batch), "category": category, "repeat": repeat,
-                                  "prompt_ids": [row["id"] for row in chunk], "seconds": outputs[name][0].total_s,
-                                  "new_tokens": sum(len(r.tokens) for r in outputs[name])})
+                                  "prompt_ids": [row["id"] for row in chunk], "seconds": results[0].total_s,
+                                  "new_tokens": sum(len(r.tokens) for r in results)})
             references = [r.tokens for r in outputs["ar"]]
             for name in (name for name, *_ in runs if name in outputs):  # rows in the table's order
                 results = outputs[name]
@@ -201,7 +233,7 @@ def run_bench(args) -> int:
         "device": device_name(model.device),
         "torch": torch.__version__, "python": platform.python_version(), "dtype": str(model.dtype).removeprefix("torch."),
         "max_new_tokens": args.max_new_tokens, "stop_on_eos": not args.ignore_eos, "temperature": args.temperature, "topk": args.topk,
-        "batch_sizes": batch_sizes, "speedup_baseline": ar_name, "repeats": repeats,
+        "batch_sizes": batch_sizes, "speedup_baseline": ar_name, "repeats": repeats, "interleave": args.interleave,
         "prompts": [r["id"] for r in prompts],
     }
     rows = [dict(strategy=names[n][0], batch=names[n][1], name=n, category=c, **v) for (n, c), v in table.items()]

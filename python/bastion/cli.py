@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=positive_int, default=1,
                    help="run every batch this many times, the strategies in reverse order every other time; rows sum "
                         "every repeat (their prompts and same-as-ar counts are request runs), records carry the repeat")
+    b.add_argument("--interleave", action="store_true",
+                   help="step the configurations' runs of a batch in turn, one round of each, each timed by its own rounds "
+                        "(its clock paused while the others step), instead of one run after another: a machine whose speed "
+                        "drifts within seconds then weighs on every configuration alike")
     b.add_argument("--out", default="bench/results", help="directory for bench.json, bench.png and records")
     add_model_args(b)
     add_decode_args(b)

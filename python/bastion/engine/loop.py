@@ -67,16 +67,40 @@ def generate_batch(model, prompts: list[list[int]], config: GenerationConfig, dr
     prompt, in order.
     """
     batch, rounds = open_batch(model, prompts, config, drafter, latency, eos_token_ids, on_tokens, batch_size, on_finish)
-    rounds.clock.mark("start")
-    batch.admit()
-    rounds.clock.mark("prefill")
-    while batch.busy:
-        rounds.next(batch).step(batch)
+    steps = Decoding(batch, rounds)
+    for _ in steps:
+        pass
+    return steps.results
+
+
+class Decoding:
+    """The loop of :func:`generate_batch` over an opened ``(batch, rounds)``, one step at a
+    time: iterating runs the prefill, then one round per item (a waiting prompt joining after
+    it), so that a driver can step several runs in turn (``bastion bench --interleave``,
+    pausing each run's clock between its steps). ``results`` holds one ``GenerationResult``
+    per prompt, in order, once the iteration is over."""
+
+    def __init__(self, batch, rounds):
+        self.batch, self.rounds = batch, rounds
+        self.results: list[GenerationResult] | None = None
+
+    def __iter__(self):
+        batch, rounds = self.batch, self.rounds
+        rounds.clock.mark("start")
         batch.admit()
-    times = rounds.clock.finish()
-    if batch.records is None:
-        return [GenerationResult(r.emitted, r.prompt_len, times.prefill_s, times.total_s) for r in batch.requests]
-    return batch.records.finish(batch.requests, prompts, times, getattr(drafter, "to_target_ids", lambda ids: ids))
+        rounds.clock.mark("prefill")
+        yield
+        while batch.busy:
+            rounds.next(batch).step(batch)
+            batch.admit()
+            yield
+        times = rounds.clock.finish()
+        if batch.records is None:
+            self.results = [GenerationResult(r.emitted, r.prompt_len, times.prefill_s, times.total_s) for r in batch.requests]
+        else:
+            drafter = batch.drafter
+            self.results = batch.records.finish(batch.requests, batch.prompts, times,
+                                                getattr(drafter, "to_target_ids", lambda ids: ids))
 
 
 def generate(model, prompt_ids: list[int], config: GenerationConfig, drafter=None, latency=None,

@@ -3,7 +3,8 @@ results built from them.
 
 The clock marks "start" and "prefill" once and, per round, "round" and ``ROUND_PHASES``. On
 CUDA a mark is an event on the current stream, on the CPU a ``perf_counter`` reading (the
-work is synchronous already). The policy's online latency correction takes each round's
+work is synchronous already). A run stepped alongside others (``bastion bench --interleave``)
+pauses its clock between its steps: the time away is not its own. The policy's online latency correction takes each round's
 seconds as soon as the device has run it (``finished``, never blocking: typically one round
 late on CUDA); the records take every phase once, at the end.
 """
@@ -27,6 +28,7 @@ class RoundClock:
         self._once: dict[str, object] = {}
         self._rounds: list[dict[str, object]] = []
         self._unreported: deque = deque()  # (tag, round index) of ended rounds the policy has not had
+        self._away: list[list[object]] = []  # [pause, resume] stamps of the spans that are not this run's
 
     @property
     def current_round(self) -> int:
@@ -34,14 +36,35 @@ class RoundClock:
         return len(self._rounds) - 1
 
     def mark(self, name: str) -> None:
-        if self.cuda:
-            stamp = torch.cuda.Event(enable_timing=True)
-            stamp.record()
-        else:
-            stamp = time.perf_counter()
+        stamp = self._stamp()
         if name == "round":
             self._rounds.append({})
         (self._rounds[-1] if name in ("round", *ROUND_PHASES) else self._once)[name] = stamp
+
+    def pause(self) -> None:
+        """From now until :meth:`resume`, the device runs other work than this run's: that span
+        does not count in ``total_s``. Waits for the device first (this run's work is done)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        self._away.append([self._stamp()])
+
+    @property
+    def paused(self) -> bool:
+        """Whether the clock is paused (:meth:`pause` without its :meth:`resume`)."""
+        return bool(self._away) and len(self._away[-1]) == 1
+
+    def resume(self) -> None:
+        """This run goes on (after :meth:`pause`)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        self._away[-1].append(self._stamp())
+
+    def _stamp(self):
+        if not self.cuda:
+            return time.perf_counter()
+        stamp = torch.cuda.Event(enable_timing=True)
+        stamp.record()
+        return stamp
 
     def end_round(self, tag) -> None:
         """The current round is over (its "commit" is marked): ``tag`` comes back with its
@@ -78,7 +101,7 @@ class PhaseTimes:
     def __init__(self, clock: RoundClock):
         once = clock._once
         self.prefill_s = clock._seconds(once["start"], once["prefill"])
-        self.total_s = clock._seconds(once["start"], once["end"])
+        self.total_s = clock._seconds(once["start"], once["end"]) - sum(clock._seconds(*span) for span in clock._away)
         self._clock = clock
 
     def round_phases(self, index: int) -> dict[str, float]:
