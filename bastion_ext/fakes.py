@@ -1,6 +1,7 @@
 """Fake (meta) implementations of the compiled ops, for ``torch.compile`` and meta tensors.
 
-The ops return nothing and write their outputs in place, so a fake only checks. It mirrors
+The tree ops return nothing and write their outputs in place, so their fakes only check;
+``skinny_linear`` returns a new tensor, which its fake makes empty. It mirrors
 every check of the op that needs no tensor data (``csrc/build_tree_args.h``, ``csrc/checks.h``,
 ``csrc/compact_kv.h``): ranks, shapes, dtypes, devices, contiguity and scalar ranges, raising
 ``ValueError`` as the op does. Value checks (finite logits, budgets in range) need data and
@@ -101,3 +102,11 @@ def _compact_kv_fake(cache, cache_lens, accepted_nodes, accept_len):
     _expect(cache_lens, "cache_lens", (torch.int64,), (batch,), device)
     _expect(accepted_nodes, "accepted_nodes", (torch.int32,), (batch, None), device)
     _expect(accept_len, "accept_len", (torch.int32,), (batch,), device)
+
+
+@torch.library.register_fake("bastion_ext::skinny_linear")
+def _skinny_linear_fake(x, weight):
+    device = x.device
+    _expect(x, "x", (torch.float32,), (None, None), device, contiguous=True)
+    _expect(weight, "weight", (torch.float32,), (None, x.shape[1]), device, contiguous=True)
+    return x.new_empty((x.shape[0], weight.shape[0]))

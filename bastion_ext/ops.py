@@ -253,3 +253,25 @@ def compact_kv(cache: torch.Tensor, cache_lens: torch.Tensor, accepted_nodes: to
     return cache
 
 
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` in fp32 on the CPU for the few rows of a decode step or a tree verify
+    (docs/ops.md): each weight row read once per call, every output summed in one fixed order
+    whatever the number of rows, so a row's output does not depend on the rows beside it.
+
+    Parameters
+    ----------
+    x : (M, K) float32, CPU
+        Rows of input features (any strides: a non-contiguous x is copied first).
+    weight : (N, K) float32, CPU, contiguous
+        A linear layer's weight.
+
+    Returns
+    -------
+    out : (M, N) float32, a new tensor. Shapes, dtypes and devices are checked by the op
+        (``ValueError`` naming the argument).
+    """
+    _check_is_tensor(x, "x")
+    _check_is_tensor(weight, "weight")
+    return torch.ops.bastion_ext.skinny_linear(x.contiguous(), weight)

@@ -341,3 +341,23 @@ def compact_kv_ref(cache: torch.Tensor, cache_lens: torch.Tensor, accepted_nodes
         for j in range(int(accept_len[b])):
             out[:, b, :, start + j] = out[:, b, :, start + int(accepted_nodes[b, j])]
     return out
+
+
+def skinny_linear_ref(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` (docs/ops.md) in float64, output by output: x (M, K), weight (N, K)
+    float32. Returns (M, N) float64. Any fp32 sum of the same K products is within
+    ``skinny_linear_error_bound`` of it."""
+    out = torch.zeros((x.shape[0], weight.shape[0]), dtype=torch.float64)
+    for m in range(x.shape[0]):
+        for n in range(weight.shape[0]):
+            out[m, n] = torch.dot(x[m].double(), weight[n].double())
+    return out
+
+
+def skinny_linear_error_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(M, N) float64: the classic bound on an fp32 dot product of K terms summed in any order
+    with fused or separate multiply-adds, (K + 1) u / (1 - (K + 1) u) times sum_k |x_mk w_nk|,
+    u = 2^-24 (Higham, Accuracy and Stability of Numerical Algorithms, 3.1)."""
+    u = 2.0**-24
+    gamma = (x.shape[1] + 1) * u / (1 - (x.shape[1] + 1) * u)
+    return gamma * (x.double().abs() @ weight.double().abs().T)

@@ -1,6 +1,7 @@
 // The extension module bastion_ext._C: op schemas (declared once, here), the shared limits
 // and the benchmark-only expansion entry point. Backends add implementations with
-// TORCH_LIBRARY_IMPL in their own files (build_tree_cpu.cpp, verify_cpu.cpp, compact_kv_cpu.cpp, *_cuda.cpp).
+// TORCH_LIBRARY_IMPL in their own files (build_tree_cpu.cpp, verify_cpu.cpp, compact_kv_cpu.cpp,
+// skinny_linear_cpu.cpp, *_cuda.cpp).
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -21,6 +22,7 @@ TORCH_LIBRARY(bastion_ext, m) {
       "Tensor uniforms, Tensor(a!) accepted_nodes, Tensor(b!) accept_len, Tensor(c!) bonus) -> ()");
   m.def(
       "compact_kv(Tensor(a!) cache, Tensor cache_lens, Tensor accepted_nodes, Tensor accept_len) -> ()");
+  m.def("skinny_linear(Tensor x, Tensor weight) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

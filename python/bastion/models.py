@@ -44,9 +44,11 @@ def load_target(path: str | os.PathLike | None = None, dtype=None, device: str =
     embedded SmolLM2-135M-Instruct. dtype: torch dtype of the weights (fp32 by default on
     the CPU, bf16 on CUDA). attn_implementation: default ``bastion_tree`` on CUDA (tree
     verifies through the Triton kernel, everything else through SDPA), ``sdpa`` on the CPU.
-    Returns (model in eval mode, tokenizer).
+    Returns (model in eval mode, tokenizer); in fp32 on the CPU its linear layers take
+    ``bastion_ext.cpu_linear``'s path for few rows.
     """
     import torch
+    from bastion_ext.cpu_linear import use_skinny_linear
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,7 +69,9 @@ def load_target(path: str | os.PathLike | None = None, dtype=None, device: str =
     else:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype, **kwargs)
-    return model.to(device).eval(), tokenizer
+    model = model.to(device).eval()
+    use_skinny_linear(model)  # fp32 on the CPU: its decode steps and verifies (bastion_ext.cpu_linear)
+    return model, tokenizer
 
 
 def converted_gguf_dir(path: Path) -> Path:
