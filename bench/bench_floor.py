@@ -3,9 +3,10 @@ beside ddtree@8 and ar, on the same eval prompts in one process, the committed d
 cached latency calibration (as ``bastion generate`` loads them, with fresh online corrections
 for every run, as a fresh process has); and bastion with the committed drafter's layers drawn
 afresh (random weights), which the floor must make fall back. Each repeat runs
-every configuration on every prompt, interleaved; the table gives the median over repeats of
-each configuration's tokens/s (all its tokens over all its seconds). Run with
-OMP_NUM_THREADS=1 on a shared CPU.
+every configuration on every prompt, interleaved (with ``--interleave``, the configurations
+other than ``ar`` one round each in turn, each timed by its own rounds: the floor's cost is a
+ratio of two of them); the table gives the median over repeats of each configuration's
+tokens/s (all its tokens over all its seconds). Run with OMP_NUM_THREADS=1 on a shared CPU.
 
 In bf16 a configuration's answers follow its tree sizes (the verify's shapes round
 differently), so two configurations decode different texts and their trees accept different
@@ -16,7 +17,7 @@ chance HIT, its second with chance SECOND); in fp32 every configuration then dec
 text, and the floor's cost is measured on identical outputs.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python bench/bench_floor.py --per-category 2 --repeats 3 --records /tmp/floor.jsonl
-    HF_HUB_OFFLINE=1 python bench/bench_floor.py --threads 2 --dtype fp32 --oracle 0.4,0.2 --configs "ar,bastion,bastion no floor"
+    HF_HUB_OFFLINE=1 python bench/bench_floor.py --threads 2 --dtype fp32 --oracle 0.4,0.2 --configs "ar,bastion,bastion no floor" --interleave
 """
 
 import argparse
@@ -29,7 +30,8 @@ import torch
 from bastion.calibrate import load_or_calibrate
 from bastion.drafter import load_drafter
 from bastion.drafter.oracle import OracleDrafter
-from bastion.engine import GenerationConfig, generate
+from bastion.bench import step_in_turn
+from bastion.engine import Decoding, GenerationConfig, generate, open_batch
 from bastion.machine import cpu_name
 from bastion.models import chat_prompt_ids, load_target
 from bastion.prompts import load_prompts
@@ -73,6 +75,8 @@ def main():
     parser.add_argument("--records", help="write every bastion round here (JSON lines)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="which of: " + ", ".join(CONFIGS))
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--interleave", action="store_true",
+                        help="step the configurations other than ar one round each in turn (bastion bench --interleave)")
     parser.add_argument("--oracle", type=hit_and_second, metavar="HIT,SECOND",
                         help="every drafting configuration drafts with an oracle of ar's tokens (ar first in --configs)")
     args = parser.parse_args()
@@ -95,6 +99,7 @@ def main():
     for repeat in range(args.repeats):
         for index, (row, prompt) in enumerate(zip(prompts, ids)):
             reference = None
+            results, opened = {}, {}
             for name, fields in configs.items():
                 config = GenerationConfig(max_new_tokens=args.max_new_tokens, stop_on_eos=False, **fields)
                 fresh = dataclasses.replace(latency, correction=OnlineCorrection(), plain_correction=OnlineCorrection())
@@ -102,14 +107,19 @@ def main():
                 if args.oracle and chosen is not None:
                     chosen = OracleDrafter([prompt + reference], model.config.vocab_size, drafter.block_size, *args.oracle,
                                             seed=repeat * len(prompts) + index)
-                result = generate(model, prompt, config, drafter=chosen, latency=fresh)
-                reference = result.tokens if name == "ar" else reference
+                if args.interleave and name != "ar":  # ar runs first, alone: the oracle drafts its tokens
+                    opened[name] = Decoding(*open_batch(model, [prompt], config, chosen, fresh))
+                    continue
+                results[name] = generate(model, prompt, config, drafter=chosen, latency=fresh)
+                reference = results[name].tokens if name == "ar" else reference
+            results.update({name: outputs[0] for name, outputs in step_in_turn(opened).items()})
+            for name, result in results.items():
                 runs[name, index, repeat] = (result.tokens, result.total_s)
                 s = stats[name]
                 s["rounds"] += len(result.rounds)
                 s["drafted"] += sum(r["n_nodes"] > 0 for r in result.rounds)
                 s["nodes"] += sum(r["n_nodes"] for r in result.rounds)
-                if records and fields["strategy"] == "bastion":
+                if records and configs[name]["strategy"] == "bastion":
                     for r in result.rounds:
                         r = {k: v for k, v in r.items() if k not in ("topk_ids", "topk_logprobs", "target_tokens", "accepted_tokens")}
                         records.write(json.dumps(dict(r, config=name, prompt=row["id"], repeat=repeat)) + "\n")

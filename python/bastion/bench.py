@@ -117,24 +117,31 @@ def run_in_turn(model, ids: list[list[int]], configs: dict[str, GenerationConfig
 @torch.inference_mode()
 def run_interleaved(model, ids: list[list[int]], configs: dict[str, GenerationConfig], drafter, latency,
                     eos_token_ids: tuple[int, ...]) -> dict[str, list]:
-    """:func:`run_in_turn`, the runs stepped in turn, one round of each (their prefills first):
-    each run's clock is paused while the others step, so its time is its own rounds', and a
-    machine whose speed drifts within seconds (a shared VM's CPU moved 7.4 to 10.9 s between
-    runs of the same 128 tokens) weighs on every configuration alike. The runs share the
-    weights and, on the CPU, the caches: a round follows another configuration's round, never
-    its own."""
-    steps = {name: Decoding(*open_batch(model, ids, config, drafter, latency, eos_token_ids)) for name, config in configs.items()}
-    running = {name: iter(decoding) for name, decoding in steps.items()}
+    """:func:`run_in_turn`, the runs stepped in turn (:func:`step_in_turn`)."""
+    return step_in_turn({name: Decoding(*open_batch(model, ids, config, drafter, latency, eos_token_ids))
+                         for name, config in configs.items()})
+
+
+@torch.inference_mode()
+def step_in_turn(runs: dict[str, Decoding]) -> dict[str, list]:
+    """Step opened runs in turn, one round of each (their prefills first), to their ends:
+    {name: one GenerationResult per prompt}. Each run's clock is paused while the others step,
+    so its time is its own rounds', and a machine whose speed drifts within seconds (a shared
+    VM's CPU moved 7.4 to 10.9 s between runs of the same 128 tokens) weighs on every run
+    alike. The runs share the weights and, on the CPU, the caches: a round follows another
+    run's round, never its own."""
+    running = {name: iter(decoding) for name, decoding in runs.items()}
+    done = object()
     while running:
         for name, stepping in list(running.items()):
-            clock = steps[name].rounds.clock
+            clock = runs[name].rounds.clock
             if clock.paused:
                 clock.resume()
-            if next(stepping, StopIteration) is StopIteration:
+            if next(stepping, done) is done:
                 del running[name]
             else:
                 clock.pause()
-    return {name: decoding.results for name, decoding in steps.items()}
+    return {name: decoding.results for name, decoding in runs.items()}
 
 
 def run_bench(args) -> int:
