@@ -41,12 +41,16 @@ from .floor import SpeedupFloor
 from .latency import LatencyModel
 from .surrogate import AcceptCalibrator, surrogate_accept
 
-# Until the plain steps' correction holds a full window of measurements, a plain step after
-# this many consecutive drafted rounds: the floor weighs trees against T_plain, which only
-# plain steps measure, and a fresh cache's first plain steps run cold (64.6 and 55.1 ms against
+# Until the plain steps' correction holds PLAIN_SAMPLES measurements, a plain step after this
+# many consecutive drafted rounds: the floor weighs trees against T_plain, which only plain
+# steps measure, and a fresh cache's first plain steps run cold (64.6 and 55.1 ms against
 # 46-48 ms later at batch 4 on the CPU): their median held T_plain 26% high, and a batch that
 # drafted every round from then on drafted 79 rounds at an estimated 1.17 that realised 0.82.
 PLAIN_EVERY = 16
+# Three: a median that one cold step does not move. A full window (7) took a plain step every
+# 17 rounds for most of a 128-token request where trees paid 1.4x (an oracle drafter in fp32 on
+# an AVX2 CPU, the target's linear layers through skinny_linear): 2.3% of bastion's speed.
+PLAIN_SAMPLES = 3
 # ... unless the last round's estimate is too far above 1 for an error of T_plain this large to
 # bring it under: such a measurement decides nothing, and where trees pay 1.7x (an oracle
 # drafter in fp32 on an AVX2 CPU) each one lost 0.4 of a step, 1% of the time over two a request.
@@ -230,9 +234,8 @@ class _CostAware(Policy):
         return self._last_estimate is None or self._last_estimate * (1.0 - PLAIN_ERROR) < 1.0
 
     def _plain_samples_short(self) -> bool:
-        """Whether the plain steps' correction holds fewer than a window of measurements."""
-        correction = self.latency.plain_correction
-        return correction.samples(1) < correction.window
+        """Whether the plain steps' correction holds fewer than ``PLAIN_SAMPLES`` measurements."""
+        return self.latency.plain_correction.samples(1) < PLAIN_SAMPLES
 
     def _accept_scale(self, batch: int) -> torch.Tensor:
         if self.calibrator is None:

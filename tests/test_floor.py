@@ -399,24 +399,20 @@ def test_a_round_is_judged_at_the_mean_tree_size():
     assert passed[-1] < policy.latency.round_estimate(14, 64)
 
 
-def test_plain_steps_are_measured_while_a_run_of_trees_lasts_until_a_window_is_held():
-    """The plain step's time is measured only by taking one: while fewer than a window of them
-    are measured (a fresh cache's first ones run cold), a run of PLAIN_EVERY drafted rounds is
-    followed by one; with a full window, trees that pay draft every round."""
-    from bastion_ext.policy import PLAIN_EVERY
+def test_plain_steps_are_measured_while_a_run_of_trees_lasts_until_a_few_are_held():
+    """The plain step's time is measured only by taking one: while fewer than PLAIN_SAMPLES of
+    them are measured (a fresh cache's first ones run cold), a run of PLAIN_EVERY drafted
+    rounds is followed by one; then trees that pay draft every round."""
+    from bastion_ext.policy import PLAIN_EVERY, PLAIN_SAMPLES
 
     policy = Bastion(latency(0.01), 16)
     drafts = []
-    for _ in range(3 * (PLAIN_EVERY + 1) + 1):
+    for _ in range((PLAIN_SAMPLES + 2) * (PLAIN_EVERY + 1)):
         draft = policy.plan([64]).draft[0]
         drafts.append(draft)
         policy.observe_time(0 if not draft else 4, 64, 0.05)
     plain = [r for r, draft in enumerate(drafts) if not draft]
-    assert plain == [1, PLAIN_EVERY + 2, 2 * PLAIN_EVERY + 3]
-    window = policy.latency.plain_correction.window
-    for _ in range(window - len(plain)):
-        policy.observe_time(0, 64, 0.05)
-    assert all(policy.plan([64]).draft[0] for _ in range(3 * PLAIN_EVERY))
+    assert plain == [1 + i * (PLAIN_EVERY + 1) for i in range(PLAIN_SAMPLES)]
 
 
 def test_a_plain_step_is_measured_only_where_its_error_could_flip_the_estimate():
