@@ -45,9 +45,8 @@ def use_skinny_linear(model: torch.nn.Module) -> int:
     the others are left alone. Returns how many layers now take it."""
     count = 0
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if (type(module) is torch.nn.Linear and weight.dtype == torch.float32 and weight.device.type == "cpu"
-                and weight.is_contiguous()):
+        if (type(module) is torch.nn.Linear and module.weight.dtype == torch.float32
+                and module.weight.device.type == "cpu" and module.weight.is_contiguous()):
             module.forward = types.MethodType(_skinny_forward, module)
             count += 1
     return count

@@ -253,8 +253,6 @@ def compact_kv(cache: torch.Tensor, cache_lens: torch.Tensor, accepted_nodes: to
     return cache
 
 
-
-
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x @ weight.T`` in fp32 on the CPU for the few rows of a decode step or a tree verify
     (docs/ops.md): each weight row read once per call, every output summed in one fixed order

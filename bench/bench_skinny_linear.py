@@ -6,10 +6,10 @@ Two parts, one JSON:
   projection, an attention projection) at 1 to 32 rows, the median ms of a call with its
   weight streamed from memory (a call cycles through enough copies of the weight to overflow
   the caches, as a forward through 30 layers does);
-- ``decode``: ``ar`` decoding 128 tokens of held-out prompts at ``--batch`` requests, the same
-  model with its linear layers through ``F.linear`` and through ``skinny_linear``, stepped one
-  round each in turn (each timed by its own rounds, as ``bastion bench --interleave``); the
-  tokens of both must be the same.
+- ``decode``: ``ar`` decoding 128 tokens of held-out prompts at ``--batch`` requests, two
+  copies of the model, one with its linear layers through ``F.linear`` and one through
+  ``skinny_linear``, stepped one round each in turn (``bastion.bench.step_in_turn``, each timed
+  by its own rounds, as ``bastion bench --interleave``); the tokens of both must be the same.
 
     HF_HUB_OFFLINE=1 python bench/bench_skinny_linear.py --batch 4 --groups 4 --out bench/results/skinny_linear_cpu.json
 """
@@ -20,11 +20,11 @@ import platform
 import statistics
 import sys
 import time
-import types
 
 import torch
 import torch.nn.functional as F
 
+from bastion.bench import step_in_turn
 from bastion.engine import Decoding, GenerationConfig, open_batch
 from bastion.machine import cpu_name
 from bastion.models import chat_prompt_ids, load_target
@@ -62,38 +62,26 @@ def time_ops() -> list[dict]:
 
 
 def time_decode(batch: int, groups: int, tokens: int) -> list[dict]:
-    model, tokenizer = load_target(None)
-    skinny = {m: m.forward for m in model.modules() if isinstance(m, torch.nn.Linear)}
-
-    def route(on: bool) -> None:
-        for module, forward in skinny.items():
-            module.forward = forward if on else types.MethodType(torch.nn.Linear.forward, module)
-
+    routed, tokenizer = load_target(None)
+    plain, _ = load_target(None)
+    for module in plain.modules():  # back to the class's forward: F.linear
+        module.__dict__.pop("forward", None)
     prompts = load_prompts("eval")
+    config = GenerationConfig(strategy="ar", max_new_tokens=tokens, stop_on_eos=False)
     rows = []
-    with torch.inference_mode():
-        for group in range(groups):
-            chunk = prompts[group * batch:(group + 1) * batch]
-            ids = [chat_prompt_ids(tokenizer, r["prompt"]) for r in chunk]
-            config = GenerationConfig(strategy="ar", max_new_tokens=tokens, stop_on_eos=False)
-            runs = {on: Decoding(*open_batch(model, ids, config)) for on in (False, True)}
-            steps = {on: iter(run) for on, run in runs.items()}
-            seconds = {False: 0.0, True: 0.0}
-            order = (False, True) if group % 2 == 0 else (True, False)
-            done = object()
-            while steps:
-                for on in [on for on in order if on in steps]:
-                    route(on)
-                    start = time.perf_counter()
-                    if next(steps[on], done) is done:
-                        del steps[on]
-                    seconds[on] += time.perf_counter() - start
-            same = [r.tokens for r in runs[False].results] == [r.tokens for r in runs[True].results]
-            rows.append({"prompts": [r["id"] for r in chunk], "f_linear_s": seconds[False], "skinny_linear_s": seconds[True],
-                         "speedup": seconds[False] / seconds[True], "same_tokens": same})
-            print(f"group {group}: F.linear {seconds[False]:.2f} s, skinny_linear {seconds[True]:.2f} s, "
-                  f"{seconds[False] / seconds[True]:.3f}x, same tokens {same}", flush=True)
-    route(True)
+    for group in range(groups):
+        chunk = prompts[group * batch:(group + 1) * batch]
+        ids = [chat_prompt_ids(tokenizer, r["prompt"]) for r in chunk]
+        models = {"f_linear": plain, "skinny_linear": routed}
+        order = list(models) if group % 2 == 0 else list(models)[::-1]
+        results = step_in_turn({name: Decoding(*open_batch(models[name], ids, config)) for name in order})
+        seconds = {name: outputs[0].total_s for name, outputs in results.items()}
+        same = [r.tokens for r in results["f_linear"]] == [r.tokens for r in results["skinny_linear"]]
+        speedup = seconds["f_linear"] / seconds["skinny_linear"]
+        rows.append({"prompts": [r["id"] for r in chunk], "f_linear_s": seconds["f_linear"],
+                     "skinny_linear_s": seconds["skinny_linear"], "speedup": speedup, "same_tokens": same})
+        print(f"group {group}: F.linear {seconds['f_linear']:.2f} s, skinny_linear {seconds['skinny_linear']:.2f} s, "
+              f"{speedup:.3f}x, same tokens {same}", flush=True)
     return rows
 
 

@@ -98,9 +98,8 @@ class Decoding:
         if batch.records is None:
             self.results = [GenerationResult(r.emitted, r.prompt_len, times.prefill_s, times.total_s) for r in batch.requests]
         else:
-            drafter = batch.drafter
             self.results = batch.records.finish(batch.requests, batch.prompts, times,
-                                                getattr(drafter, "to_target_ids", lambda ids: ids))
+                                                getattr(batch.drafter, "to_target_ids", lambda ids: ids))
 
 
 def generate(model, prompt_ids: list[int], config: GenerationConfig, drafter=None, latency=None,

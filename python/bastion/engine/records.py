@@ -4,9 +4,9 @@ results built from them.
 The clock marks "start" and "prefill" once and, per round, "round" and ``ROUND_PHASES``. On
 CUDA a mark is an event on the current stream, on the CPU a ``perf_counter`` reading (the
 work is synchronous already). A run stepped alongside others (``bastion bench --interleave``)
-pauses its clock between its steps: the time away is not its own. The policy's online latency correction takes each round's
-seconds as soon as the device has run it (``finished``, never blocking: typically one round
-late on CUDA); the records take every phase once, at the end.
+pauses its clock between its steps: the time away is not its own. The policy's online latency
+correction takes each round's seconds as soon as the device has run it (``finished``, never
+blocking: typically one round late on CUDA); the records take every phase once, at the end.
 """
 
 from __future__ import annotations
@@ -42,10 +42,9 @@ class RoundClock:
         (self._rounds[-1] if name in ("round", *ROUND_PHASES) else self._once)[name] = stamp
 
     def pause(self) -> None:
-        """From now until :meth:`resume`, the device runs other work than this run's: that span
-        does not count in ``total_s``. Waits for the device first (this run's work is done)."""
-        if self.cuda:
-            torch.cuda.synchronize()
+        """From now until :meth:`resume`, other work than this run's runs: that span does not
+        count in ``total_s``. No sync: on CUDA the stamps are events in stream order, so the span
+        holds the device time of the work queued between them."""
         self._away.append([self._stamp()])
 
     @property
@@ -55,8 +54,6 @@ class RoundClock:
 
     def resume(self) -> None:
         """This run goes on (after :meth:`pause`)."""
-        if self.cuda:
-            torch.cuda.synchronize()
         self._away[-1].append(self._stamp())
 
     def _stamp(self):
